@@ -1,0 +1,357 @@
+"""The run's configuration: a frozen dataclass tree loaded from YAML.
+
+A recipe is a YAML file whose `base:` (one path or a list, relative to the file) is merged first, in
+order; dotted overrides from the command line (`optim.lr=0.2 pgt.alpha=null`) are applied last, their
+values parsed as YAML. Unknown keys, wrong types and out-of-range values raise ConfigError with one line
+that names the key (and the nearest valid one) or the file and line. Nothing is written before
+`load` returns, so a bad config never leaves a run folder behind.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from pgt_train.errors import UserError
+
+
+class ConfigError(UserError):
+    """A recipe or override the user must fix; the CLI prints it as one line and exits 2."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "resnet50"  # any timm model name
+    norm: str = "bn"  # bn | none (every norm layer replaced by identity, as the paper's non-BN ResNet-18)
+    num_classes: int = 1000
+    channels_last: Optional[bool] = None  # None: on for CUDA, off on the CPU
+    sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Procedurally generated JPEG ImageFolder written to data.root before training (no download)."""
+    enabled: bool = False
+    classes: int = 10
+    train_per_class: int = 300
+    val_per_class: int = 60
+    image_size: int = 72  # stored JPEG side; training crops data.img_size from it
+    difficulty: float = 0.5
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: Optional[str] = None  # ImageFolder root holding train/ and val/
+    loader: str = "torchvision"  # torchvision | dali | synthetic
+    batch_size: int = 1024  # GLOBAL batch: each of W processes takes batch_size / W per optimizer step
+    accum_steps: int = 1  # micro-batches per optimizer step; the global batch stays batch_size
+    workers: int = 8  # loader worker processes per rank
+    img_size: int = 224  # train crop and val crop side
+    val_resize: Optional[int] = None  # val resize before the center crop; None: img_size * 256 / 224
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect range
+    train_size: int = 12800  # synthetic only: images per epoch
+    val_size: int = 1000  # synthetic only
+    dali_device: Optional[str] = None  # gpu | cpu; None: gpu when CUDA is present
+    demo: DemoConfig = field(default_factory=DemoConfig)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 0.4  # absolute peak LR for the global batch
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    decay_norm_and_bias: bool = False  # False: timm's default, no decay on norm parameters and biases
+
+
+@dataclass(frozen=True)
+class SchedConfig:
+    name: str = "cosine"  # step | cosine; both updated every iteration
+    epochs: int = 100  # total, warmup included
+    warmup_epochs: int = 5  # linear from warmup_lr to optim.lr
+    warmup_lr: float = 4e-4
+    milestones: tuple[int, ...] = (30, 60, 90)  # step only: epochs (counted from 0, warmup included)
+    gamma: float = 0.1  # step only: LR factor at each milestone
+    min_lr: float = 0.0  # cosine only: LR at the end
+
+
+@dataclass(frozen=True)
+class PGTConfig:
+    alpha: Optional[float] = None  # in (0, 1]; None: PGT off (plain cross-entropy)
+    impl: str = "exact"  # exact | official (the paper's appendix code; right only if loss scale == N^2)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    label_smoothing: float = 0.0
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    mode: str = "none"  # none | norm | value | agc (timm's dispatch_clip_grad, on unscaled gradients)
+    value: float = 1.0  # max norm, max |g|, or AGC's clipping factor lambda
+
+
+@dataclass(frozen=True)
+class AmpConfig:
+    dtype: str = "fp16"  # fp16 (with GradScaler) | bf16 | none; the CPU always trains in fp32
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    dir: str = "runs/default"
+    device: str = "auto"  # auto | cpu | cuda
+    log_interval: int = 50  # steps between host syncs for progress and non-finite checks
+    compile: bool = False  # torch.compile the model
+    progress: bool = True  # rank 0 progress bar
+    max_nonfinite_steps: int = 100  # consecutive non-finite losses before the run stops
+    checkpoint_every: int = 0  # steps between mid-epoch last.pth writes; 0: end of epoch only
+    diag_interval: int = 200  # steps between filter-norm diagnostics; 0: off
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    pgt: PGTConfig = field(default_factory=PGTConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    amp: AmpConfig = field(default_factory=AmpConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+CHOICES = {
+    "model.norm": ("bn", "none"),
+    "data.loader": ("torchvision", "dali", "synthetic"),
+    "data.dali_device": ("gpu", "cpu", None),
+    "sched.name": ("step", "cosine"),
+    "pgt.impl": ("exact", "official"),
+    "clip.mode": ("none", "norm", "value", "agc"),
+    "amp.dtype": ("fp16", "bf16", "none"),
+    "run.device": ("auto", "cpu", "cuda"),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML files, base inheritance, overrides
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where}: malformed YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _load_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: `base:` inherits from itself in a cycle")
+    data = _read_yaml(path)
+    bases = data.pop("base", None) or []
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: `base:` must be a path or a list of paths")
+    merged: dict = {}
+    for base in bases:
+        merged = _merge(merged, _load_tree(path.parent / base, seen + (path,)))
+    return _merge(merged, data)
+
+
+def _apply_override(tree: dict, item: str) -> dict:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{item}' must look like key.sub=value, e.g. optim.lr=0.2")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    nested: Any = value
+    for part in reversed(key.strip().split(".")):
+        nested = {part: nested}
+    return _merge(tree, nested)
+
+
+# ---------------------------------------------------------------------------------------------
+# dict -> dataclasses, with type checks
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value, tp, key: str):
+    """Checks `value` against the annotation `tp`; ints are accepted for floats, lists for tuples."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {list(value)!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, bool, str) and type(value) is tp:
+        return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _build(cls, data: dict, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{prefix}{near[0]}'?)" if near else f" (valid: {', '.join(names)})"
+            raise ConfigError(f"unknown key '{prefix}{key}'{hint}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, tp, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _validate(cfg: Config) -> None:
+    def fail(key, why):
+        raise ConfigError(f"{key}: {why}")
+
+    for key, choices in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in choices:
+            shown = ", ".join("null" if c is None else c for c in choices)
+            fail(key, f"'{value}' is not one of: {shown}")
+    positive = {
+        "model.num_classes": cfg.model.num_classes, "data.batch_size": cfg.data.batch_size,
+        "data.accum_steps": cfg.data.accum_steps, "data.img_size": cfg.data.img_size,
+        "data.train_size": cfg.data.train_size, "data.val_size": cfg.data.val_size,
+        "sched.epochs": cfg.sched.epochs, "run.log_interval": cfg.run.log_interval,
+        "run.max_nonfinite_steps": cfg.run.max_nonfinite_steps,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            fail(key, f"must be > 0, got {value}")
+    for key, value in {"data.workers": cfg.data.workers, "run.checkpoint_every": cfg.run.checkpoint_every,
+                       "run.diag_interval": cfg.run.diag_interval, "sched.warmup_epochs": cfg.sched.warmup_epochs,
+                       "optim.weight_decay": cfg.optim.weight_decay, "sched.warmup_lr": cfg.sched.warmup_lr,
+                       "sched.min_lr": cfg.sched.min_lr}.items():
+        if value < 0:
+            fail(key, f"must be >= 0, got {value}")
+    if not cfg.optim.lr > 0:
+        fail("optim.lr", f"must be > 0, got {cfg.optim.lr}")
+    if not 0 <= cfg.optim.momentum < 1:
+        fail("optim.momentum", f"must lie in [0, 1), got {cfg.optim.momentum}")
+    if cfg.optim.nesterov and cfg.optim.momentum == 0:
+        fail("optim.nesterov", "Nesterov needs optim.momentum > 0")
+    if cfg.sched.warmup_epochs >= cfg.sched.epochs:
+        fail("sched.warmup_epochs", f"{cfg.sched.warmup_epochs} must be below sched.epochs ({cfg.sched.epochs})")
+    if list(cfg.sched.milestones) != sorted(set(cfg.sched.milestones)) or any(m <= 0 for m in cfg.sched.milestones):
+        fail("sched.milestones", f"must be increasing positive epochs, got {list(cfg.sched.milestones)}")
+    if not 0 < cfg.sched.gamma <= 1:
+        fail("sched.gamma", f"must lie in (0, 1], got {cfg.sched.gamma}")
+    alpha = cfg.pgt.alpha
+    if alpha is not None and not (math.isfinite(alpha) and 0 < alpha <= 1):
+        fail("pgt.alpha", f"must lie in (0, 1] (or null for off), got {alpha}")
+    if not 0 <= cfg.loss.label_smoothing < 1:
+        fail("loss.label_smoothing", f"must lie in [0, 1), got {cfg.loss.label_smoothing}")
+    if cfg.clip.mode != "none" and not cfg.clip.value > 0:
+        fail("clip.value", f"must be > 0 when clip.mode is {cfg.clip.mode}, got {cfg.clip.value}")
+    lo, hi = cfg.data.crop_scale
+    if not 0 < lo <= hi <= 1:
+        fail("data.crop_scale", f"must be 0 < min <= max <= 1, got {[lo, hi]}")
+    lo, hi = cfg.data.crop_ratio
+    if not 0 < lo <= hi:
+        fail("data.crop_ratio", f"must be 0 < min <= max, got {[lo, hi]}")
+    if cfg.data.loader != "synthetic" and not cfg.data.root:
+        fail("data.root", f"is required for data.loader: {cfg.data.loader} (a folder holding train/ and val/)")
+    if cfg.data.demo.enabled and cfg.data.loader == "synthetic":
+        fail("data.demo.enabled", "the demo writes JPEG files; use data.loader: torchvision or dali")
+    demo = cfg.data.demo
+    if demo.enabled and demo.classes != cfg.model.num_classes:
+        fail("model.num_classes", f"is {cfg.model.num_classes} but data.demo.classes is {demo.classes}")
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+
+
+def from_dict(tree: dict) -> Config:
+    """Builds and validates a Config from a plain (already merged) dict."""
+    cfg = _build(Config, tree, "")
+    _validate(cfg)
+    return cfg
+
+
+def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Resolves a recipe file (with its bases) plus dotted overrides into a validated Config."""
+    tree = _load_tree(Path(path)) if path is not None else {}
+    for item in overrides:
+        tree = _apply_override(tree, item)
+    try:
+        return from_dict(tree)
+    except ConfigError as e:
+        if overrides:
+            raise ConfigError(f"{e} [from {path or 'defaults'} with overrides {' '.join(overrides)}]") from None
+        raise ConfigError(f"{e} [in {path}]" if path else str(e)) from None
+
+
+def to_dict(cfg: Config) -> dict:
+    """Plain dict of builtins (tuples become lists) for YAML, checkpoints and reports."""
+    def plain(v):
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+    return plain(dataclasses.asdict(cfg))
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)

@@ -1,0 +1,64 @@
+"""Data sources behind one `build_loaders` call.
+
+Every loader is an iterable of (images, targets) already on the device, normalised, in the model's
+memory format, with `len()` (micro-batches per rank per epoch) and `set_epoch(epoch, skip_batches)`.
+Validation targets of -1 mark padding that metrics must ignore (DALI pads its last batch).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pgt_train.config import DataConfig
+from pgt_train.dist import DistInfo, barrier
+from pgt_train.errors import UserError
+
+
+def per_rank_batch(global_batch: int, world_size: int, accum_steps: int) -> int:
+    """The global batch is fixed by the recipe; the hardware only changes how it is split."""
+    parts = world_size * accum_steps
+    if global_batch % parts:
+        raise UserError(f"data.batch_size={global_batch} does not divide into {world_size} processes x "
+                        f"{accum_steps} accumulation steps; choose a multiple of {parts}")
+    return global_batch // parts
+
+
+def prepare_demo(cfg: DataConfig, dist: DistInfo, seed: int) -> None:
+    """Rank 0 writes the demo JPEGs once (cached by parameters); the other ranks wait for it."""
+    if not cfg.demo.enabled:
+        return
+    if dist.is_main:
+        from pgt_train.data.demo import make_demo_dataset
+        d = cfg.demo
+        make_demo_dataset(Path(cfg.root), seed=seed, num_classes=d.classes, train_per_class=d.train_per_class,
+                          val_per_class=d.val_per_class, image_size=d.image_size, difficulty=d.difficulty,
+                          workers=max(1, cfg.workers))
+    barrier()
+
+
+def build_loaders(cfg: DataConfig, *, num_classes: int, seed: int, dist: DistInfo, channels_last: bool):
+    """Returns (train_loader, val_loader) for data.loader: torchvision | synthetic | dali."""
+    batch = per_rank_batch(cfg.batch_size, dist.world_size, cfg.accum_steps)
+    if cfg.loader == "dali":
+        from pgt_train.data.dali import build_dali_loaders
+        return build_dali_loaders(cfg, batch_size=batch, num_classes=num_classes, seed=seed, dist=dist,
+                                  channels_last=channels_last)
+    from pgt_train.data.torch_loader import TorchLoader
+    if cfg.loader == "synthetic":
+        from pgt_train.data.synthetic import SyntheticImages
+        train_set = SyntheticImages(cfg.train_size, num_classes=num_classes, img_size=cfg.img_size, seed=seed)
+        val_set = SyntheticImages(cfg.val_size, num_classes=num_classes, img_size=cfg.img_size, seed=seed + 1)
+    elif cfg.loader == "torchvision":
+        from pgt_train.data.folder import build_datasets
+        train_set, val_set = build_datasets(cfg.root, num_classes=num_classes, img_size=cfg.img_size,
+                                            val_resize=cfg.val_resize, crop_scale=cfg.crop_scale,
+                                            crop_ratio=cfg.crop_ratio, seed=seed)
+    else:
+        raise ValueError(f"unknown data.loader '{cfg.loader}' (valid: torchvision, dali, synthetic)")
+    if len(train_set) < batch * dist.world_size:
+        raise UserError(f"the training set has {len(train_set)} images, fewer than one global batch "
+                        f"({cfg.batch_size}); lower data.batch_size")
+    common = dict(batch_size=batch, rank=dist.rank, world_size=dist.world_size, seed=seed, workers=cfg.workers,
+                  device=dist.device, channels_last=channels_last)
+    return TorchLoader(train_set, train=True, **common), TorchLoader(val_set, train=False, **common)

@@ -1,0 +1,154 @@
+"""The training step and the evaluation loop: train_one_epoch and evaluate.
+
+One code path for every mode: autocast and GradScaler are disabled rather than branched around
+(fp32 on the CPU), a world of one has no DDP wrapper, accumulation only decides when to step.
+Metrics accumulate on the device; the host synchronises only every `log_interval` steps and at
+the end of the epoch, where the sums are reduced over all ranks.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+from timm.utils import dispatch_clip_grad
+from tqdm import tqdm
+
+from pgt_train.dist import all_reduce_max, all_reduce_sum
+from pgt_train.optim import current_lr
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss stayed NaN/inf for too many consecutive steps; the run must stop."""
+
+
+@dataclass
+class StepOptions:
+    """How one optimizer step is taken; fixed for the whole run."""
+    accum_steps: int = 1
+    amp_dtype: Optional[torch.dtype] = None  # None: fp32
+    clip_mode: str = "none"  # none | norm | value | agc
+    clip_value: float = 1.0
+    log_interval: int = 50
+    max_nonfinite_steps: int = 100
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def clip_parameters(model: torch.nn.Module, mode: str) -> list[torch.nn.Parameter]:
+    """AGC leaves the classifier out, as its authors (Brock et al. 2021) and timm's train.py do."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if mode == "agc":
+        head = model.get_classifier() if hasattr(model, "get_classifier") else None
+        head_ids = {id(p) for p in head.parameters()} if isinstance(head, torch.nn.Module) else set()
+        params = [p for p in params if id(p) not in head_ids]
+    return params
+
+
+def train_one_epoch(model: torch.nn.Module, loader: Iterable, loss_fn: Callable, optimizer: torch.optim.Optimizer,
+                    scheduler, scaler: torch.amp.GradScaler, *, device: torch.device, epoch: int, start_step: int,
+                    steps: int, opts: StepOptions, clip_params: list, progress: bool = False,
+                    on_step: Optional[Callable[[int], bool]] = None) -> dict:
+    """Trains `steps` optimizer steps of `opts.accum_steps` micro-batches each.
+
+    start_step is the global optimizer-step count before this epoch (the scheduler is per iteration).
+    on_step(global_step) runs after every optimizer step on the host (no sync); returning True stops
+    the epoch early (preemption). Returns this epoch's metrics, summed over all ranks.
+    """
+    model.train()
+    # [sum of loss * n, correct top-1, n] on the device; consecutive non-finite losses likewise
+    sums = torch.zeros(3, device=device, dtype=torch.float64)
+    nonfinite_run = torch.zeros((), device=device, dtype=torch.int64)
+    step, micro, stopped = start_step, 0, False
+    bar = tqdm(total=steps, desc=f"epoch {epoch}", disable=not progress, dynamic_ncols=True, leave=False)
+    start = time.perf_counter()
+    for images, targets in loader:
+        final_micro = (micro + 1) % opts.accum_steps == 0
+        # DDP all-reduces gradients on every backward unless told not to; only the final micro-batch syncs
+        sync = nullcontext() if final_micro or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast(device, opts.amp_dtype):
+                logits = model(images)
+                loss = loss_fn(logits, targets)
+            scaler.scale(loss / opts.accum_steps).backward()
+        micro += 1
+        with torch.no_grad():
+            finite = torch.isfinite(loss)
+            nonfinite_run = torch.where(finite, 0, nonfinite_run + 1)
+            n = targets.shape[0]
+            sums += torch.stack([torch.where(finite, loss.detach().double() * n, 0.0),
+                                 (logits.argmax(1) == targets).sum().double(), torch.tensor(float(n), device=device)])
+        if not final_micro:
+            continue
+        if opts.clip_mode != "none":
+            scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
+            dispatch_clip_grad(clip_params, opts.clip_value, mode=opts.clip_mode)
+        scaler.step(optimizer)  # skipped by the scaler when fp16 gradients overflowed
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        scheduler.step_update(step)
+        bar.update(1)
+        if step % opts.log_interval == 0:
+            loss_sum, correct, count = sums.tolist()  # the only host sync inside the epoch
+            bar.set_postfix(loss=f"{loss_sum / max(count, 1):.3f}", top1=f"{100 * correct / max(count, 1):.1f}",
+                            lr=f"{current_lr(optimizer):.4g}")
+            if int(nonfinite_run) >= opts.max_nonfinite_steps:
+                raise NonFiniteLoss(f"loss was not finite for {int(nonfinite_run)} consecutive steps "
+                                    f"(epoch {epoch}, step {step})")
+        if on_step is not None and on_step(step):
+            stopped = True
+            break
+        if step - start_step >= steps:
+            break
+    bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - start
+    loss_sum, correct, count = all_reduce_sum(sums).tolist()
+    return {
+        "train_loss": loss_sum / max(count, 1), "train_top1": 100 * correct / max(count, 1),
+        "train_images": int(count), "train_img_per_s": count / max(elapsed, 1e-9),  # all ranks' images
+        "lr": current_lr(optimizer), "step": step, "stopped": stopped,
+    }
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: Iterable, *, device: torch.device,
+             amp_dtype: Optional[torch.dtype] = None) -> dict:
+    """Cross-entropy, top-1/top-5 and logit statistics over every val image exactly once, summed over ranks.
+
+    Targets of -1 are padding (DALI's last batch) and count nowhere.
+    """
+    model.eval()
+    # [sum CE, top-1 hits, top-5 hits, images, sum of per-image logit L2 norms, sum z, sum z^2, entries]
+    sums = torch.zeros(8, device=device, dtype=torch.float64)
+    logit_max = torch.full((1,), -float("inf"), device=device, dtype=torch.float64)
+    for images, targets in loader:
+        with autocast(device, amp_dtype):
+            logits = model(images)
+        keep = targets >= 0
+        logits, targets = logits[keep].double(), targets[keep]
+        if targets.numel() == 0:
+            continue
+        k = min(5, logits.shape[1])
+        hits = logits.topk(k, dim=1).indices == targets[:, None]
+        sums += torch.stack([
+            F.cross_entropy(logits, targets, reduction="sum"), hits[:, 0].sum(), hits.any(1).sum(),
+            torch.tensor(float(targets.numel()), device=device, dtype=torch.float64),
+            logits.norm(dim=1).sum(), logits.sum(), logits.square().sum(),
+            torch.tensor(float(logits.numel()), device=device, dtype=torch.float64)])
+        logit_max = torch.maximum(logit_max, logits.max().view(1))
+    ce, top1, top5, n, norm_sum, z_sum, z2_sum, entries = all_reduce_sum(sums).tolist()
+    n_safe, e_safe = max(n, 1), max(entries, 1)
+    mean = z_sum / e_safe
+    return {
+        "val_loss": ce / n_safe, "val_top1": 100 * top1 / n_safe, "val_top5": 100 * top5 / n_safe,
+        "val_images": int(n), "logit_norm": norm_sum / n_safe, "logit_mean": mean,
+        "logit_max": all_reduce_max(logit_max).item(), "logit_var": z2_sum / e_safe - mean * mean,
+    }

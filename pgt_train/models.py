@@ -1,0 +1,60 @@
+"""Models by timm name; `norm: none` builds them without normalisation layers (the paper's non-BN ResNet)."""
+from __future__ import annotations
+
+import timm
+import torch
+from torch import nn
+
+from pgt_train.config import ConfigError
+
+NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+def count_norm_layers(model: nn.Module) -> int:
+    return sum(isinstance(m, NORM_TYPES) for m in model.modules())
+
+
+def build_model(name: str, *, num_classes: int, norm: str = "bn") -> nn.Module:
+    """timm.create_model with random init (nothing is downloaded).
+
+    norm="none" passes norm_layer=nn.Identity, which timm's ResNet family (resnet*, seresnet*) accepts;
+    its init then skips the zero-init of the last BN gamma, as there is none.
+    """
+    if name not in timm.list_models():
+        near = timm.list_models(f"*{name}*")[:5]
+        hint = f" (similar: {', '.join(near)})" if near else ""
+        raise ConfigError(f"model.name: '{name}' is not a timm model{hint}")
+    kwargs = {"norm_layer": nn.Identity} if norm == "none" else {}
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    except TypeError as e:
+        raise ConfigError(f"model.norm: none needs a model that takes norm_layer (timm ResNets); {name}: {e}") from None
+    if norm == "none" and count_norm_layers(model):
+        raise ConfigError(f"model.norm: none: {name} still has {count_norm_layers(model)} norm layers")
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP and/or torch.compile wrappers (whose state_dict keys are prefixed)."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def prepare(model: nn.Module, *, device: torch.device, channels_last: bool, sync_bn: bool,
+            world_size: int, compile: bool) -> tuple[nn.Module, nn.Module]:
+    """Moves, converts and wraps. Returns (model to train, the plain model for eval and checkpoints)."""
+    if sync_bn and world_size > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    plain = model
+    if world_size > 1:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if compile:
+        model = torch.compile(model)
+    return model, plain

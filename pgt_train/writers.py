@@ -1,0 +1,87 @@
+"""Where metrics go: TensorBoard event files, summary.csv (one row per epoch) and the console. Rank 0 only.
+
+Epochs are counted from 1 in every output: the row of epoch 1 holds the first epoch's metrics.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+SUMMARY_COLUMNS = [
+    "epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "val_images",
+    "train_img_per_s", "epoch_time_s", "logit_norm", "logit_mean", "logit_max", "logit_var",
+]
+
+
+def read_summary(path: Path) -> list[dict]:
+    if not Path(path).is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+class RunWriter:
+    """Writes one epoch's metrics everywhere; a no-op on ranks other than 0."""
+
+    def __init__(self, run_dir: Path, *, enabled: bool, completed_epochs: int = 0):
+        self.enabled = enabled
+        self.summary_path = Path(run_dir) / "summary.csv"
+        self.tb = None
+        if not enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+        self.tb = SummaryWriter(log_dir=str(Path(run_dir) / "tb"), purge_step=completed_epochs + 1 if completed_epochs else None)
+        # After a resume, rows of epochs that will be trained again are dropped: one row per epoch, none repeated.
+        kept = [r for r in read_summary(self.summary_path) if int(r["epoch"]) <= completed_epochs]
+        self._rewrite(kept)
+
+    def _rewrite(self, rows: list[dict]) -> None:
+        tmp = self.summary_path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp.replace(self.summary_path)
+
+    def epoch(self, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        epoch = metrics["epoch"]
+        for key, value in metrics.items():
+            if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.tb.add_scalar(_tb_tag(key), value, epoch)
+        self.tb.flush()
+        with open(self.summary_path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore").writerow(
+                {k: _fmt(metrics.get(k)) for k in SUMMARY_COLUMNS})
+
+    def scalars(self, values: dict, step: int) -> None:
+        if self.enabled:
+            for key, value in values.items():
+                self.tb.add_scalar(key, value, step)
+
+    def histogram(self, tag: str, values, step: int) -> None:
+        if self.enabled:
+            self.tb.add_histogram(tag, values, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _tb_tag(key: str) -> str:
+    split, _, name = key.partition("_")
+    return f"{split}/{name}" if split in ("train", "val", "logit") and name else f"misc/{key}"
+
+
+def _fmt(value):
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else value
+
+
+def epoch_line(m: dict, epochs: int) -> str:
+    return (f"epoch {m['epoch']}/{epochs}  lr {m['lr']:.4g}  train loss {m['train_loss']:.4f} "
+            f"top1 {m['train_top1']:.2f}  val loss {m['val_loss']:.4f} top1 {m['val_top1']:.2f} "
+            f"top5 {m['val_top5']:.2f} ({m['val_images']} images)  {m['train_img_per_s']:.0f} img/s "
+            f"{m['epoch_time_s']:.0f}s")
