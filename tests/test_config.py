@@ -1,0 +1,83 @@
+"""Config loading: inheritance, overrides, strictness, and one-line errors."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pgt_train import config
+from pgt_train.config import ConfigError
+
+SYNTH = ["data.loader=synthetic"]
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_base_chain_and_overrides(tmp_path):
+    write(tmp_path / "a.yaml", "data: {loader: synthetic, batch_size: 512}\noptim: {lr: 0.2}\n")
+    write(tmp_path / "b.yaml", "sched: {name: step}\noptim: {lr: 0.3}\n")
+    child = write(tmp_path / "c.yaml", "base: [a.yaml, b.yaml]\npgt: {alpha: 0.3}\n")
+    cfg = config.load(child, ["optim.lr=0.1", "sched.milestones=[10, 20]", "pgt.alpha=null"])
+    assert cfg.data.batch_size == 512  # from a
+    assert cfg.sched.name == "step"  # from b
+    assert cfg.optim.lr == 0.1  # override beats b beats a
+    assert cfg.sched.milestones == (10, 20)
+    assert cfg.pgt.alpha is None
+
+
+def test_nested_base_relative_to_file(tmp_path):
+    (tmp_path / "base").mkdir()
+    write(tmp_path / "base" / "root.yaml", "data: {loader: synthetic}\nseed: 7\n")
+    write(tmp_path / "base" / "mid.yaml", "base: root.yaml\nseed: 8\n")
+    cfg = config.load(write(tmp_path / "top.yaml", "base: base/mid.yaml\n"))
+    assert cfg.seed == 8
+
+
+def test_int_accepted_for_float_and_types_enforced():
+    assert config.load(None, SYNTH + ["optim.lr=1"]).optim.lr == 1.0
+    with pytest.raises(ConfigError, match="data.batch_size: expected int"):
+        config.load(None, SYNTH + ["data.batch_size=3.5"])
+    with pytest.raises(ConfigError, match="run.compile: expected bool"):
+        config.load(None, SYNTH + ["run.compile=yes please"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lrr=0.1", "unknown key 'optim.lrr' (did you mean 'optim.lr'?)"),
+    ("pgt.alpah=0.3", "did you mean 'pgt.alpha'?"),
+    ("pgt.alpha=0", "pgt.alpha: must lie in (0, 1]"),
+    ("pgt.alpha=1.2", "pgt.alpha: must lie in (0, 1]"),
+    ("sched.name=linear", "sched.name: 'linear' is not one of: step, cosine"),
+    ("clip.mode=agc2", "clip.mode"),
+    ("data.batch_size=0", "data.batch_size: must be > 0"),
+    ("sched.warmup_epochs=200", "sched.warmup_epochs"),
+    ("loss.label_smoothing=1.0", "loss.label_smoothing"),
+    ("optim=3", "optim: expected a mapping"),
+])
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        config.load(None, SYNTH + [override])
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_root_required_for_folder_loader():
+    with pytest.raises(ConfigError, match="data.root: is required"):
+        config.load(None, [])
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        config.load(tmp_path / "missing.yaml")
+    bad = write(tmp_path / "bad.yaml", "data:\n  loader: synthetic\n  batch_size: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:\d+: malformed YAML"):
+        config.load(bad)
+    with pytest.raises(ConfigError, match="cycle"):
+        config.load(write(tmp_path / "loop.yaml", "base: loop.yaml\n"))
+
+
+def test_roundtrip_yaml_is_the_same_config():
+    cfg = config.load(None, SYNTH + ["pgt.alpha=0.25", "data.crop_scale=[0.2, 1]"])
+    again = config.from_dict(yaml.safe_load(config.to_yaml(cfg)))
+    assert again == cfg
