@@ -1,0 +1,251 @@
+"""PowerGrad Transform (PGT): cross-entropy whose backward pass uses flattened probabilities.
+
+Forward:  L = mean_n CE(z_n, q_n)                       (ordinary cross-entropy, unchanged)
+Backward: dL/dz = (p' - q) / N,   p' = p^α / Σ_c p^α    (instead of (p - q) / N)
+
+with z the (N, C) logits, p = softmax(z), q the target distribution (one-hot, mixup/cutmix
+probabilities, optionally label-smoothed) and 0 < α <= 1. Since p^α = exp(αz) / (Σ exp z)^α,
+the normaliser cancels and p' = softmax(α·z), so p' is computed from the logits directly
+(stable, no 0^α, no dependence on the incoming gradient). α = 1 is plain cross-entropy.
+
+Three ways in:
+  pgt_cross_entropy / PowerGradCrossEntropy  the loss itself (use this when you own the loss)
+  attach_pgt / pgt_logits                    forward hook on an unmodified model's logits
+  official_pgt_cross_entropy                 the paper's appendix tensor-hook, flaws included
+build_pgt_loss(alpha, impl) picks one for the trainer.
+"""
+
+import functools
+import numbers
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+IMPLS = ("exact", "official")
+
+
+def check_alpha(alpha):
+    """Return alpha as a float; raise ValueError unless it is a real number in (0, 1]."""
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 < alpha <= 1.0:
+        raise ValueError(f"PGT alpha must be a number in (0, 1], got {alpha!r}")
+    return float(alpha)
+
+
+def _check_smoothing(label_smoothing):
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+    return float(label_smoothing)
+
+
+def _upcast(x):
+    # at least float32: bf16/fp16 -> fp32, fp32 stays, fp64 stays (autocast never lowers these ops)
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def power_softmax(logits, alpha):
+    """p' = p^α / Σ_c p^α = softmax(α·z) over the last dim, in float32 (float64 for fp64 logits).
+
+    The identity holds because p_c^α = exp(α z_c) / (Σ_j exp z_j)^α and the denominator
+    cancels under the renormalisation.
+    """
+    alpha = check_alpha(alpha)
+    return torch.softmax(_upcast(logits) * alpha, dim=-1)
+
+
+def target_probs(target, num_classes, label_smoothing=0.0, dtype=torch.float32):
+    """q as an (N, C) distribution from class indices (N,) or probabilities (N, C).
+
+    Smoothed like F.cross_entropy: q = (1 - ε)·q + ε / C.
+    """
+    label_smoothing = _check_smoothing(label_smoothing)
+    if target.is_floating_point():  # mixup / cutmix / soft labels, already (N, C)
+        if target.dim() != 2 or target.shape[1] != num_classes:
+            raise ValueError(f"probability targets must be (N, {num_classes}), got {tuple(target.shape)}")
+        q = target.to(dtype)
+    else:  # class indices (N,) -> one-hot (N, C); scatter_ rather than F.one_hot keeps torch.compile happy
+        q = torch.zeros(target.shape[0], num_classes, dtype=dtype, device=target.device)
+        q.scatter_(1, target.long().unsqueeze(1), 1.0)
+    if label_smoothing:
+        q = q * (1.0 - label_smoothing) + label_smoothing / num_classes
+    return q
+
+
+class _PGTCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy forward, (softmax(α·z) - q) / N backward."""
+
+    @staticmethod
+    def forward(ctx, logits, target, alpha, label_smoothing):
+        ctx.save_for_backward(logits, target)  # keep the logits in their own dtype; upcast in backward
+        ctx.alpha, ctx.label_smoothing = alpha, label_smoothing
+        # float32 loss whatever the autocast dtype; identical to F.cross_entropy(logits.float(), ...)
+        return F.cross_entropy(_upcast(logits), target, label_smoothing=label_smoothing)
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        logits, target = ctx.saved_tensors
+        n, c = logits.shape
+        p_pow = power_softmax(logits, ctx.alpha)  # (N, C), fp32
+        q = target_probs(target, c, ctx.label_smoothing, p_pow.dtype)  # (N, C), transient like the grad
+        # linear in grad_loss (loss scale, 1/accum_steps, DDP averaging all pass straight through)
+        grad = (p_pow - q) * (grad_loss / n)
+        return grad.to(logits.dtype), None, None, None
+
+
+def _check_logits(logits, target):
+    if logits.dim() != 2:
+        raise ValueError(f"PGT expects (N, C) logits, got shape {tuple(logits.shape)}")
+    if target.shape[0] != logits.shape[0]:
+        raise ValueError(f"target batch {target.shape[0]} != logits batch {logits.shape[0]}")
+
+
+def pgt_cross_entropy(logits, target, alpha, label_smoothing=0.0):
+    """Mean cross-entropy whose gradient w.r.t. the (N, C) logits is (softmax(α·z) - q) / N.
+
+    target: class indices (N,) or probabilities (N, C). The value equals
+    F.cross_entropy(logits.float(), target, label_smoothing=ε) (fp64 logits stay fp64); the
+    gradient is returned in the logits' dtype. Runs in fp32 under autocast; works with
+    torch.compile, DDP, loss scaling and gradient accumulation (the gradient is linear in
+    the upstream gradient).
+    """
+    alpha, label_smoothing = check_alpha(alpha), _check_smoothing(label_smoothing)
+    _check_logits(logits, target)
+    return _PGTCrossEntropy.apply(logits, target, alpha, label_smoothing)
+
+
+class PowerGradCrossEntropy(nn.Module):
+    """nn.Module form of pgt_cross_entropy: forward(logits, target) -> scalar loss."""
+
+    def __init__(self, alpha, label_smoothing=0.0):
+        super().__init__()
+        self.alpha, self.label_smoothing = check_alpha(alpha), _check_smoothing(label_smoothing)
+
+    def forward(self, logits, target):
+        return pgt_cross_entropy(logits, target, self.alpha, self.label_smoothing)
+
+    def extra_repr(self):
+        return f"alpha={self.alpha}, label_smoothing={self.label_smoothing}"
+
+
+class _PGTLogits(torch.autograd.Function):
+    """Identity on the logits; backward swaps the CE gradient s·(p - q)/N for s·(p' - q)/N."""
+
+    @staticmethod
+    def forward(ctx, logits, target, alpha, label_smoothing):
+        ctx.save_for_backward(logits, target)
+        ctx.alpha, ctx.label_smoothing = alpha, label_smoothing
+        return logits.view_as(logits)
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, target = ctx.saved_tensors
+        z = _upcast(logits)  # fp32, or fp64 for an fp64 model
+        q = target_probs(target, z.shape[1], ctx.label_smoothing, z.dtype)
+        d = torch.softmax(z, dim=-1) - q  # (N, C): the direction the incoming grad must lie along
+        # least-squares fit of grad ≈ (s/N)·d over the whole batch recovers the one unknown scalar;
+        # if d == 0 everywhere the numerator is 0 too, so the clamp makes the result 0, not NaN
+        s_over_n = (grad.to(z.dtype) * d).sum() / (d * d).sum().clamp_min(torch.finfo(z.dtype).tiny)
+        grad_new = s_over_n * (torch.softmax(z * ctx.alpha, dim=-1) - q)
+        return grad_new.to(grad.dtype), None, None, None
+
+
+def pgt_logits(logits, target, alpha, label_smoothing=0.0):
+    """Identity on (N, C) logits whose backward turns a cross-entropy gradient into PGT's.
+
+    ASSUMPTION: whatever sits downstream is the mean cross-entropy of these logits against
+    the same `target` and `label_smoothing`, times one unknown scalar s (AMP loss scale,
+    1/accum_steps, DDP averaging, a loss weight...). Then the incoming gradient is
+    g = s·(p - q)/N, and the backward returns s·(p' - q)/N with p' = softmax(α·z). Only s/N
+    is recovered from g, by least squares over the whole batch,
+        s/N = Σ g·(p - q) / Σ (p - q)²      (p = softmax(z) from the saved logits, fp32),
+    never p itself, so the result equals pgt_cross_entropy's gradient for any loss scale,
+    batch size or accumulation. It is meaningless for any other downstream loss (extra
+    loss terms on the logits, a different smoothing, sum reduction with per-sample weights).
+    If p = q exactly, the gradient is zero.
+    """
+    alpha, label_smoothing = check_alpha(alpha), _check_smoothing(label_smoothing)
+    _check_logits(logits, target)
+    return _PGTLogits.apply(logits, target, alpha, label_smoothing)
+
+
+class PGTHook:
+    """Handle returned by attach_pgt: set_targets() before each training forward, remove() when done."""
+
+    def __init__(self, model, alpha, label_smoothing=0.0):
+        self.alpha, self.label_smoothing = check_alpha(alpha), _check_smoothing(label_smoothing)
+        self.target = None
+        self._handle = model.register_forward_hook(self._hook)
+
+    def set_targets(self, target):
+        self.target = target
+
+    def _hook(self, module, inputs, output):
+        if not module.training:
+            return None  # eval: logits pass through untouched, targets not needed
+        if self.target is None:
+            raise RuntimeError("attach_pgt: call handle.set_targets(target) before each training forward")
+        # targets are consumed so a forgotten set_targets() fails loudly instead of reusing a stale batch
+        target, self.target = self.target, None
+        return pgt_logits(output, target, self.alpha, self.label_smoothing)
+
+    def remove(self):
+        self._handle.remove()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+
+def attach_pgt(model, alpha, label_smoothing=0.0):
+    """Apply PGT to an unmodified model whose (N, C) logits go into a mean cross-entropy.
+
+    Registers a forward hook that, in training mode, wraps the output in pgt_logits (see its
+    docstring for the assumption on the downstream loss: mean CE against the same targets and
+    smoothing, times any scalar). Each training forward consumes the targets, so set them
+    again for every forward; in eval mode the hook does nothing. Usage:
+
+        with attach_pgt(model, alpha=0.3) as pgt:
+            pgt.set_targets(y)          # before every training forward
+            loss = F.cross_entropy(model(x), y)
+    """
+    return PGTHook(model, alpha, label_smoothing)
+
+
+def official_pgt_cross_entropy(logits, target, alpha, label_smoothing=0.0):
+    """F.cross_entropy plus the paper's appendix tensor hook (Fig. 9), for fidelity studies.
+
+    The hook "recovers" p from the incoming gradient g as g/N + q, flattens it to p^α / Σ p^α
+    and returns (p' - q)·N. The real incoming gradient is g = s·(p - q)/N for a loss scale s,
+    so the recovered value is s·(p - q)/N² + q: the hook is CORRECT ONLY WHEN THE LOSS SCALE
+    EQUALS N² (N = per-device batch). Otherwise the recovered "p" is wrong, can go negative
+    (NaN after the fractional power), and the output ignores s. Measured with N = 8, C = 10,
+    α = 0.3: it matched the closed form s·(p' - q)/N at s = 64, gave NaN at s = 128 and
+    65536, and was off by ~4 (max abs; 3.7 and 4.2 on two draws) at s = 1. Use
+    pgt_cross_entropy for real training.
+    """
+    alpha, label_smoothing = check_alpha(alpha), _check_smoothing(label_smoothing)
+    loss = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+    if logits.requires_grad:
+        n, c = logits.shape
+        q = target_probs(target, c, label_smoothing, logits.dtype)  # the appendix's one-hot labels
+
+        def transform(grad):  # same arithmetic as the appendix, in the gradient's dtype
+            pred = (grad / n + q) ** alpha  # "recovered" probabilities, flattened
+            pred = pred / pred.sum(-1, keepdim=True)
+            return (pred - q) * n
+
+        logits.register_hook(transform)
+    return loss
+
+
+def build_pgt_loss(alpha, impl="exact", label_smoothing=0.0):
+    """The trainer's loss: (logits, target) -> scalar. alpha=None gives plain cross-entropy."""
+    if impl not in IMPLS:
+        raise ValueError(f"unknown PGT impl {impl!r}; valid: {', '.join(IMPLS)}")
+    label_smoothing = _check_smoothing(label_smoothing)
+    if alpha is None:
+        return functools.partial(F.cross_entropy, label_smoothing=label_smoothing)
+    fn = pgt_cross_entropy if impl == "exact" else official_pgt_cross_entropy
+    return functools.partial(fn, alpha=check_alpha(alpha), label_smoothing=label_smoothing)
