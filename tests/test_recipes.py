@@ -1,0 +1,120 @@
+"""The paper recipes: every config loads, and every row of Tables 1-3 resolves to the setup of Section 5.1
+plus that row's changes, read from the paper's figures in pgt_train/reference/paper_results.yaml."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pgt_train import config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+REFERENCE = ROOT / "pgt_train" / "reference" / "paper_results.yaml"
+PAPER = yaml.safe_load(REFERENCE.read_text())
+SETUP = PAPER["setup"]
+INDEX = yaml.safe_load((CONFIGS / "paper" / "index.yaml").read_text())
+KEYS = {"table1": ("model", "sched", "alpha"), "table2": ("batch", "method", "alpha"), "table3": ("row",)}
+CLIP_MODE = {"baseline": "none", "pgt": "none", "gc": "norm", "agc": "agc", "gc+pgt": "norm", "agc+pgt": "agc"}
+# (table, paper row, index entry), in the paper's order; the pairing is checked in test_index_matches_paper
+ROWS = [(t, p, e) for t in KEYS for p, e in zip(PAPER[t], INDEX[t])]
+RECIPES = sorted(CONFIGS.glob("paper/table*/*.yaml"))
+
+
+def rel(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
+
+
+def test_every_config_loads():
+    files = [p for p in CONFIGS.rglob("*.yaml")
+             if rel(p) not in ("configs/demo.yaml", "configs/paper/index.yaml") and "proxy" not in p.parts]
+    assert len(files) > 40
+    for path in files:
+        config.load(path)
+
+
+def test_top_level_entry_points_only_point_at_paper_recipes():
+    # one source of truth: configs/<name>.yaml adds nothing to the paper recipe it inherits
+    for path in CONFIGS.glob("*.yaml"):
+        if path.name == "demo.yaml":
+            continue
+        data = yaml.safe_load(path.read_text())
+        assert list(data) == ["base"] and isinstance(data["base"], str), path.name
+        assert (CONFIGS / data["base"]).resolve().is_relative_to(CONFIGS / "paper"), path.name
+
+
+def test_index_matches_paper():
+    for table, keys in KEYS.items():
+        paper = [tuple(r[k] for k in keys) for r in PAPER[table]]
+        index = [tuple(e[k] for k in keys) for e in INDEX[table]]
+        assert index == paper, table  # exactly one entry per row, same order
+        assert len(set(index)) == len(index), table
+        for entry in INDEX[table]:
+            assert set(entry) == set(keys) | {"recipe"}, entry
+
+
+def test_every_recipe_is_indexed_and_run_dirs_are_unique():
+    indexed = {e["recipe"] for t in KEYS for e in INDEX[t]}
+    assert indexed == {rel(p) for p in RECIPES}
+    run_dirs = [config.load(p).run.dir for p in RECIPES]
+    assert len(set(run_dirs)) == len(run_dirs)
+    assert all(d.startswith("runs/paper/") for d in run_dirs)
+
+
+def test_rows_sharing_a_recipe_report_the_same_numbers():
+    # Table 3 rows 1, 3, 7 reuse Table 1's ResNet-50 runs; that is only right if the paper reports them identically
+    seen = {}
+    for _, paper, entry in ROWS:
+        seen.setdefault(entry["recipe"], []).append((paper["train"], paper["test"]))
+    for recipe, results in seen.items():
+        assert len(set(results)) == 1, recipe
+
+
+def check_setup(cfg, batch: int) -> None:
+    assert cfg.data.batch_size == batch and cfg.data.accum_steps == 1
+    assert cfg.optim.lr == pytest.approx(SETUP["peak_lr"] * batch / SETUP["global_batch"])
+    assert cfg.optim.momentum == SETUP["momentum"]
+    assert cfg.optim.nesterov is SETUP["nesterov"]
+    assert cfg.optim.weight_decay == SETUP["weight_decay"]
+    assert cfg.optim.decay_norm_and_bias is False
+    assert cfg.sched.epochs == SETUP["epochs"]
+    assert cfg.sched.warmup_epochs == SETUP["warmup_epochs"]
+    assert cfg.sched.warmup_lr == SETUP["warmup_lr"]
+    if cfg.sched.name == "step":
+        assert list(cfg.sched.milestones) == SETUP["step_schedule"]["milestones"]
+        assert cfg.sched.gamma == SETUP["step_schedule"]["gamma"]
+    assert cfg.amp.dtype == "fp16"  # "mixed precision"
+    assert cfg.model.num_classes == 1000 and cfg.data.img_size == 224 and cfg.data.loader == "torchvision"
+    assert cfg.run.dir.startswith("runs/paper/")
+
+
+@pytest.mark.parametrize("table,paper,entry", ROWS, ids=[f"{t}-{e['recipe'].split('/')[-1]}" for t, _, e in ROWS])
+def test_row_recipe(table, paper, entry):
+    cfg = config.load(ROOT / entry["recipe"])
+    assert cfg.pgt.alpha == paper["alpha"]
+    if table == "table1":
+        check_setup(cfg, SETUP["global_batch"])
+        assert (cfg.model.name, cfg.sched.name) == (paper["model"], paper["sched"])
+        assert (cfg.model.norm, cfg.loss.label_smoothing, cfg.clip.mode) == ("bn", 0.0, "none")
+    elif table == "table2":
+        check_setup(cfg, paper["batch"])
+        assert (cfg.model.name, cfg.model.norm, cfg.sched.name) == ("resnet18", "none", "cosine")
+        assert cfg.clip.mode == CLIP_MODE[paper["method"]]
+        assert (cfg.pgt.alpha is not None) == ("pgt" in paper["method"])
+        assert cfg.loss.label_smoothing == 0.0
+    else:
+        check_setup(cfg, SETUP["global_batch"])
+        assert (cfg.model.name, cfg.model.norm, cfg.sched.name) == ("resnet50", "bn", paper["sched"])
+        assert cfg.loss.label_smoothing == (0.1 if paper["ls"] else 0.0)
+        assert cfg.clip.mode == "none"
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_grid(name):
+    spec = INDEX["grids"][name]
+    alphas = spec["alphas"]
+    assert alphas == sorted(set(alphas)) and all(0 < a <= 1 for a in alphas) and 1.0 in alphas
+    assert spec["run_dir"].startswith("runs/paper/")
+    for alpha in alphas:
+        cfg = config.load(ROOT / spec["recipe"], [*spec["overrides"], f"pgt.alpha={alpha}"])
+        assert cfg.model.name == name and cfg.sched.epochs == 50 and cfg.pgt.alpha == alpha
+        assert cfg.sched.name == "cosine" and cfg.sched.warmup_epochs == SETUP["warmup_epochs"]

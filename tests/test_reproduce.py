@@ -1,0 +1,88 @@
+"""scripts/reproduce.py as a user runs it: --dry-run plans, skip/resume/start, and one-line errors."""
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pgt_train import config
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "reproduce.py"
+INDEX = yaml.safe_load((ROOT / "configs" / "paper" / "index.yaml").read_text())
+
+
+def reproduce(*args):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def plan(stdout: str) -> list[tuple[str, list[str]]]:
+    """(status, command argv) per row: each row prints '[i/n] label: status run_dir' and then its command."""
+    lines = stdout.splitlines()
+    assert len(lines) % 2 == 0, stdout
+    return [(head.rsplit(": ", 1)[1].split()[0], shlex.split(cmd)) for head, cmd in zip(lines[::2], lines[1::2])]
+
+
+def expected(what: str, name: str, runs: Path) -> list[tuple[str, list[str]]]:
+    """(recipe, overrides) per row, from the index."""
+    if what == "--table":
+        return [(e["recipe"], [f"run.dir={runs / Path(config.load(ROOT / e['recipe']).run.dir).relative_to('runs/paper')}"])
+                for e in INDEX[f"table{name}"]]
+    spec = INDEX["grids"][name]
+    return [(spec["recipe"], [*spec["overrides"], f"pgt.alpha={a}", f"run.dir={runs}/grid/{name}/alpha{a}"])
+            for a in spec["alphas"]]
+
+
+@pytest.mark.parametrize("what,name", [("--table", "1"), ("--table", "2"), ("--table", "3"),
+                                       ("--grid", "resnet18"), ("--grid", "resnet50")])
+def test_dry_run_prints_one_command_per_row(tmp_path, what, name):
+    data = tmp_path / "imagenet"  # need not exist for a dry run
+    r = reproduce(what, name, "--dry-run", "--runs-root", str(tmp_path), "--data", str(data))
+    assert r.returncode == 0, r.stderr
+    rows = plan(r.stdout)
+    want = expected(what, name, tmp_path)
+    assert len(rows) == len(want)
+    for (status, cmd), (recipe, overrides) in zip(rows, want):
+        assert status == "start"
+        assert cmd[:4] == [sys.executable, "-m", "pgt_train", "--config"]
+        assert cmd[4] == recipe and cmd[-2:] == ["--resume", "auto"]
+        assert cmd[5:-2] == [*overrides, f"data.root={data}"]
+
+
+def test_gpus_use_torchrun(tmp_path):
+    r = reproduce("--table", "2", "--gpus", "4", "--dry-run", "--runs-root", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert all(cmd[:4] == ["torchrun", "--nproc_per_node=4", "-m", "pgt_train"] for _, cmd in plan(r.stdout))
+
+
+def write_summary(run_dir: Path, epochs: int) -> None:
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.csv").write_text("epoch,lr,val_top1\n" + "".join(f"{e},0.1,50.0\n" for e in range(1, epochs + 1)))
+
+
+def test_finished_runs_skip_and_interrupted_runs_resume(tmp_path):
+    write_summary(tmp_path / "table1" / "resnet18_step", 100)  # finished: has the row of epoch 100
+    write_summary(tmp_path / "table1" / "resnet18_cosine", 99)  # one epoch short, checkpoint kept
+    (tmp_path / "table1" / "resnet18_cosine" / "last.pth").write_bytes(b"")
+    write_summary(tmp_path / "grid" / "resnet18" / "alpha0.5", 50)  # a grid run is finished at 50 epochs
+    r = reproduce("--table", "1", "--dry-run", "--runs-root", str(tmp_path))
+    status = {cmd[4].split("/")[-1]: s for s, cmd in plan(r.stdout)}
+    assert status["resnet18_step.yaml"] == "skip"
+    assert status["resnet18_cosine.yaml"] == "resume"
+    assert status["resnet18_step_pgt0.25.yaml"] == "start"
+    r = reproduce("--grid", "resnet18", "--dry-run", "--runs-root", str(tmp_path))
+    status = {next(a for a in cmd if a.startswith("pgt.alpha=")): s for s, cmd in plan(r.stdout)}
+    assert status["pgt.alpha=0.5"] == "skip" and status["pgt.alpha=0.4"] == "start"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--table", "4", "--dry-run"], "no table '4'"),
+    (["--grid", "resnet34", "--dry-run"], "no grid 'resnet34'"),
+    (["--table", "1", "--data", "/nonexistent/imagenet"], "data folder not found: /nonexistent/imagenet"),
+])
+def test_bad_input_is_one_line_and_runs_nothing(args, message):
+    r = reproduce(*args)
+    assert r.returncode != 0 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and message in r.stderr
