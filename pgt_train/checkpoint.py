@@ -5,6 +5,7 @@ code: the numpy RNG state's array is stored as a tensor, the config as a plain d
 """
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import random
@@ -33,6 +34,17 @@ def rng_state() -> dict:
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
+
+
+def gather_rng_states(world_size: int) -> list[dict]:
+    """Every rank's rng_state(), in rank order (a collective: all ranks must call it)."""
+    if world_size == 1:
+        return [rng_state()]
+    # as torch.save bytes: plain pickle in all_gather_object cannot carry the numpy key tensor safely
+    buf, blobs = io.BytesIO(), [None] * world_size
+    torch.save(rng_state(), buf)
+    torch.distributed.all_gather_object(blobs, buf.getvalue())
+    return [torch.load(io.BytesIO(b), weights_only=True) for b in blobs]
 
 
 def set_rng_state(state: dict) -> None:
@@ -65,10 +77,14 @@ def save(path: Path, state: dict) -> None:
     A crash or a full disk at any moment leaves the previous file at `path` intact.
     """
     path = Path(path)
+    # Serialised in memory first: torch.save turns a write error into an opaque RuntimeError, while a
+    # plain write raises OSError (ENOSPC) that we can report. A ResNet-50 state is ~200 MB.
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buffer)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
+            f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -98,7 +114,7 @@ def load(path: Path) -> dict:
         first = str(e).strip().splitlines()[0][:200]
         raise CheckpointError(f"refused to load {path}: it holds pickled objects that weights_only loading "
                               f"does not allow (nothing was executed): {first}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except Exception as e:  # garbage makes the unpickler fail in many ways (EOFError, IndexError, ...)
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or another format): {first}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -135,9 +151,30 @@ def capture(*, model: nn.Module, optimizer, scheduler, scaler, epoch: int, step:
     }
 
 
-def restore(state: dict, *, model: nn.Module, optimizer, scheduler, scaler, rank: int, source: str) -> dict:
+# Keys that must match for a resume to continue the same optimisation (others, e.g. run.dir, may change).
+# The optimizer's and scheduler's saved state carry LR, momentum and decay, so an override of them on
+# resume would be silently ignored: refuse it instead.
+RESUME_KEYS = ("model.name", "model.num_classes", "model.norm", "data.batch_size", "optim.lr", "optim.momentum",
+               "optim.nesterov", "optim.weight_decay", "sched.name", "sched.epochs", "sched.warmup_epochs",
+               "sched.warmup_lr", "sched.milestones", "sched.gamma", "sched.min_lr")
+
+
+def check_compatible(saved: dict, current: dict, *, source: str) -> None:
+    def get(tree, dotted):
+        for part in dotted.split("."):
+            tree = tree.get(part, {}) if isinstance(tree, dict) else {}
+        return tree
+    for key in RESUME_KEYS:
+        if get(saved, key) != get(current, key):
+            raise CheckpointError(f"{source} was trained with {key}={get(saved, key)!r} but the config has "
+                                  f"{get(current, key)!r}; resume with the run's own config.yaml or start a new run.dir")
+
+
+def restore(state: dict, *, model: nn.Module, optimizer, scheduler, scaler, rank: int, source: str,
+            config: dict) -> dict:
     """Loads every part of `state` into the live objects; returns the counters to continue from."""
     from pgt_train.models import unwrap
+    check_compatible(state.get("config", {}), config, source=source)
     model_name = state.get("config", {}).get("model", {}).get("name", "?")
     load_model_weights(unwrap(model), state["model"], source=f"{source} (model {model_name})",
                        model_name=type(unwrap(model)).__name__)

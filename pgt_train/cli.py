@@ -1,6 +1,7 @@
 """pgt-train: wires config, data, model, optimizer, PGT loss, engine, writers and checkpoints together.
 
     pgt-train --config configs/resnet50_cosine_pgt.yaml [key.sub=value ...] [--resume auto|PATH]
+    pgt-train export RUN_DIR --out model.safetensors
     torchrun --nproc_per_node=4 -m pgt_train --config ...
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pgt_train import checkpoint, config, data, dist, engine, models, optim, pgt, writers
+from pgt_train import checkpoint, config, data, dist, engine, models, optim, pgt, preempt, writers
 from pgt_train.errors import UserError
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "none": None}
@@ -99,7 +100,8 @@ def train(args: argparse.Namespace) -> int:
     start = {"epoch": 0, "step": 0, "batches_done": 0, "best_top1": -1.0}
     if resume_state is not None:
         start = checkpoint.restore(resume_state, model=plain_model, optimizer=optimizer, scheduler=scheduler,
-                                   scaler=scaler, rank=info.rank, source=str(resume_path))
+                                   scaler=scaler, rank=info.rank, source=str(resume_path),
+                                   config=config.to_dict(cfg))
         log(f"resumed from {resume_path}: epoch {start['epoch'] + 1}, step {start['step']}")
     else:
         scheduler.step_update(0)
@@ -114,18 +116,20 @@ def train(args: argparse.Namespace) -> int:
 
     def save(names: list[str], epoch: int, step: int, batches_done: int, best_top1: float) -> None:
         """Every rank contributes its RNG state; rank 0 writes. epoch: 0-based epoch in progress."""
-        rngs = [checkpoint.rng_state()]
-        if info.enabled:
-            rngs = [None] * info.world_size
-            torch.distributed.all_gather_object(rngs, checkpoint.rng_state())
-        if info.is_main:
-            state = checkpoint.capture(model=plain_model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                                       epoch=epoch, step=step, batches_done=batches_done, best_top1=best_top1,
-                                       config=config.to_dict(cfg), rng=rngs)
-            for name in names:
-                checkpoint.save(run_dir / name, state)
+        rngs = checkpoint.gather_rng_states(info.world_size)
+        if not info.is_main:
+            return
+        if not all(torch.isfinite(p).all() for p in plain_model.parameters()):
+            log(f"warning: weights are not finite at step {step}; {names} not overwritten")
+            return
+        state = checkpoint.capture(model=plain_model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                                   epoch=epoch, step=step, batches_done=batches_done, best_top1=best_top1,
+                                   config=config.to_dict(cfg), rng=rngs)
+        for name in names:
+            checkpoint.save(run_dir / name, state)
 
-    best_top1, step, last = start["best_top1"], start["step"], None
+    stop = preempt.StopRequest()
+    best_top1, step, last, exit_code = start["best_top1"], start["step"], None, 0
     end_epoch = s.epochs if args.run_epochs is None else min(s.epochs, start["epoch"] + args.run_epochs)
     for epoch in range(start["epoch"], end_epoch):
         skip = start["batches_done"] if epoch == start["epoch"] else 0
@@ -135,9 +139,12 @@ def train(args: argparse.Namespace) -> int:
         def on_step(global_step: int, epoch=epoch) -> bool:
             step_in_epoch = global_step - epoch * steps_per_epoch
             every = cfg.run.checkpoint_every
-            if every and global_step % every == 0 and step_in_epoch < steps_per_epoch:
+            if step_in_epoch == steps_per_epoch:  # the epoch's end saves (and stops) after evaluation
+                return False
+            preempted = stop.agreed(global_step, info, device)
+            if preempted or every and global_step % every == 0:
                 save(["last.pth"], epoch, global_step, step_in_epoch * cfg.data.accum_steps, best_top1)
-            return False
+            return preempted
 
         t0 = time.perf_counter()
         metrics = engine.train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler, scaler, device=device,
@@ -145,6 +152,9 @@ def train(args: argparse.Namespace) -> int:
                                          clip_params=clip_params, progress=cfg.run.progress and info.is_main,
                                          on_step=on_step)
         step = metrics["step"]
+        if metrics["stopped"]:
+            exit_code = preempt.EXIT_PREEMPTED
+            break
         metrics.update(engine.evaluate(plain_model, val_loader, device=device, amp_dtype=amp_dtype))
         metrics.update(epoch=epoch + 1, epoch_time_s=time.perf_counter() - t0)
         writer.epoch(metrics)
@@ -153,11 +163,16 @@ def train(args: argparse.Namespace) -> int:
         best_top1 = max(best_top1, metrics["val_top1"])
         save(["last.pth", "best.pth"] if is_best else ["last.pth"], epoch + 1, step, 0, best_top1)
         last = metrics
+        if epoch + 1 < end_epoch and stop.agreed(None, info, device):
+            exit_code = preempt.EXIT_PREEMPTED
+            break
     writer.close()
-    if last is not None:
+    if exit_code == preempt.EXIT_PREEMPTED:
+        log(f"{stop.name}: saved {run_dir / 'last.pth'} at step {step}; continue with --resume auto")
+    elif last is not None:
         log(results_table(last, best_top1, run_dir))
     dist.shutdown()
-    return 0
+    return exit_code
 
 
 def results_table(m: dict, best_top1: float, run_dir: Path) -> str:
@@ -171,9 +186,12 @@ def results_table(m: dict, best_top1: float, run_dir: Path) -> str:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        return train(args)
+        if argv[:1] == ["export"]:
+            from pgt_train.export import main as export_main
+            return export_main(argv[1:])
+        return train(parse_args(argv))
     except UserError as e:
         print(f"pgt-train: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -147,6 +148,19 @@ CHOICES = {
 # YAML files, base inheritance, overrides
 
 
+class SafeLoaderWithExponents(yaml.SafeLoader):
+    """yaml.SafeLoader that also reads 1e-4 and 5e4 as floats (YAML 1.1 wants 1.0e-4; users type 1e-4)."""
+
+
+SafeLoaderWithExponents.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def _parse_yaml(text: str):
+    return yaml.load(text, Loader=SafeLoaderWithExponents)
+
+
 def _read_yaml(path: Path) -> dict:
     try:
         text = path.read_text()
@@ -155,7 +169,7 @@ def _read_yaml(path: Path) -> dict:
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = _parse_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -199,7 +213,7 @@ def _apply_override(tree: dict, item: str) -> dict:
     if not sep or not key.strip():
         raise ConfigError(f"override '{item}' must look like key.sub=value, e.g. optim.lr=0.2")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _parse_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     nested: Any = value

@@ -81,3 +81,10 @@ def test_roundtrip_yaml_is_the_same_config():
     cfg = config.load(None, SYNTH + ["pgt.alpha=0.25", "data.crop_scale=[0.2, 1]"])
     again = config.from_dict(yaml.safe_load(config.to_yaml(cfg)))
     assert again == cfg
+
+
+def test_exponent_floats_read_as_numbers(tmp_path):
+    # YAML 1.1 reads 1e-4 as a string; recipes and overrides must not care.
+    cfg = config.load(write(tmp_path / "e.yaml", "data: {loader: synthetic}\nsched: {warmup_lr: 4e-4}\n"),
+                      ["optim.weight_decay=5e-5"])
+    assert cfg.sched.warmup_lr == 4e-4 and cfg.optim.weight_decay == 5e-5
