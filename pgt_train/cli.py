@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pgt_train import checkpoint, config, data, dist, engine, models, optim, pgt, preempt, writers
+from pgt_train import checkpoint, config, data, diagnostics, dist, engine, models, optim, pgt, preempt, writers
 from pgt_train.errors import UserError
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "none": None}
@@ -129,6 +129,10 @@ def train(args: argparse.Namespace) -> int:
             checkpoint.save(run_dir / name, state)
 
     stop = preempt.StopRequest()
+    diag = None
+    if cfg.diag.interval and info.is_main:
+        diag = diagnostics.Diagnostics(plain_model, interval=cfg.diag.interval, zero_threshold=cfg.diag.zero_threshold,
+                                       writer=writer, run_dir=run_dir, log=log, start_step=start["step"])
     best_top1, step, last, exit_code = start["best_top1"], start["step"], None, 0
     end_epoch = s.epochs if args.run_epochs is None else min(s.epochs, start["epoch"] + args.run_epochs)
     for epoch in range(start["epoch"], end_epoch):
@@ -137,6 +141,8 @@ def train(args: argparse.Namespace) -> int:
         steps_left = steps_per_epoch - skip // cfg.data.accum_steps
 
         def on_step(global_step: int, epoch=epoch) -> bool:
+            if diag is not None:
+                diag.after_step(global_step)
             step_in_epoch = global_step - epoch * steps_per_epoch
             every = cfg.run.checkpoint_every
             if step_in_epoch == steps_per_epoch:  # the epoch's end saves (and stops) after evaluation
@@ -156,7 +162,7 @@ def train(args: argparse.Namespace) -> int:
             exit_code = preempt.EXIT_PREEMPTED
             break
         metrics.update(engine.evaluate(plain_model, val_loader, device=device, amp_dtype=amp_dtype))
-        metrics.update(epoch=epoch + 1, epoch_time_s=time.perf_counter() - t0)
+        metrics.update(epoch=epoch + 1, epoch_time_s=time.perf_counter() - t0, **(diag.epoch_end() if diag else {}))
         writer.epoch(metrics)
         log(writers.epoch_line(metrics, s.epochs))
         is_best = metrics["val_top1"] > best_top1

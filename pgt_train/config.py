@@ -115,7 +115,13 @@ class RunConfig:
     progress: bool = True  # rank 0 progress bar
     max_nonfinite_steps: int = 100  # consecutive non-finite losses before the run stops
     checkpoint_every: int = 0  # steps between mid-epoch last.pth writes; 0: end of epoch only
-    diag_interval: int = 200  # steps between filter-norm diagnostics; 0: off
+
+
+@dataclass(frozen=True)
+class DiagConfig:
+    """The paper's Figs. 5-8 diagnostics, measured on rank 0 (see diagnostics.py)."""
+    interval: int = 200  # optimizer steps between filter/feature norm snapshots; 0: off
+    zero_threshold: float = 1e-3  # a filter or feature channel whose L2 norm is below this is "zeroed out"
 
 
 @dataclass(frozen=True)
@@ -130,6 +136,7 @@ class Config:
     clip: ClipConfig = field(default_factory=ClipConfig)
     amp: AmpConfig = field(default_factory=AmpConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    diag: DiagConfig = field(default_factory=DiagConfig)
 
 
 CHOICES = {
@@ -293,7 +300,8 @@ def _validate(cfg: Config) -> None:
         if value <= 0:
             fail(key, f"must be > 0, got {value}")
     for key, value in {"data.workers": cfg.data.workers, "run.checkpoint_every": cfg.run.checkpoint_every,
-                       "run.diag_interval": cfg.run.diag_interval, "sched.warmup_epochs": cfg.sched.warmup_epochs,
+                       "diag.interval": cfg.diag.interval, "diag.zero_threshold": cfg.diag.zero_threshold,
+                       "sched.warmup_epochs": cfg.sched.warmup_epochs,
                        "optim.weight_decay": cfg.optim.weight_decay, "sched.warmup_lr": cfg.sched.warmup_lr,
                        "sched.min_lr": cfg.sched.min_lr}.items():
         if value < 0:
