@@ -162,6 +162,8 @@ def train(args: argparse.Namespace) -> int:
             exit_code = preempt.EXIT_PREEMPTED
             break
         metrics.update(engine.evaluate(plain_model, val_loader, device=device, amp_dtype=amp_dtype))
+        corrupt = sum(getattr(loader, "take_corrupt_count", lambda: 0)() for loader in (train_loader, val_loader))
+        metrics["corrupt_images"] = int(dist.all_reduce_sum(torch.tensor([corrupt], device=device)).item())
         metrics.update(epoch=epoch + 1, epoch_time_s=time.perf_counter() - t0, **(diag.epoch_end() if diag else {}))
         writer.epoch(metrics)
         log(writers.epoch_line(metrics, s.epochs))

@@ -61,6 +61,7 @@ class DataConfig:
     train_size: int = 12800  # synthetic only: images per epoch
     val_size: int = 1000  # synthetic only
     dali_device: Optional[str] = None  # gpu | cpu; None: gpu when CUDA is present
+    skip_corrupt: bool = True  # an undecodable image is skipped with a warning (False: stop with an error)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 SUMMARY_COLUMNS = [
     "epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "val_images",
     "train_img_per_s", "epoch_time_s", "logit_norm", "logit_mean", "logit_max", "logit_var",
-    "train_logit_norm", "zeroed_filters", "zeroed_features",
+    "train_logit_norm", "zeroed_filters", "zeroed_features", "corrupt_images",
 ]
 
 

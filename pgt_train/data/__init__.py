@@ -60,5 +60,5 @@ def build_loaders(cfg: DataConfig, *, num_classes: int, seed: int, dist: DistInf
         raise UserError(f"the training set has {len(train_set)} images, fewer than one global batch "
                         f"({cfg.batch_size}); lower data.batch_size")
     common = dict(batch_size=batch, rank=dist.rank, world_size=dist.world_size, seed=seed, workers=cfg.workers,
-                  device=dist.device, channels_last=channels_last)
+                  device=dist.device, channels_last=channels_last, skip_corrupt=cfg.skip_corrupt)
     return TorchLoader(train_set, train=True, **common), TorchLoader(val_set, train=False, **common)

@@ -7,7 +7,7 @@ import torch
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from pgt_train.data.torch_loader import sample_seed
+from pgt_train.data.torch_loader import CorruptSample, sample_seed
 from pgt_train.errors import UserError
 
 
@@ -25,7 +25,11 @@ def val_transform(img_size: int, val_resize: int | None) -> v2.Compose:
 
 
 class SeededImageFolder(datasets.ImageFolder):
-    """ImageFolder whose keys are (index, epoch); the transform's random draws are seeded from them."""
+    """ImageFolder whose keys are (index, epoch); the transform's random draws are seeded from them.
+
+    PIL's loader converts grayscale, CMYK, RGBA and palette images (JPEG or PNG) to RGB. A file that
+    cannot be decoded becomes a CorruptSample, which the loader drops from its batch and reports.
+    """
 
     def __init__(self, root: Path, transform, seed: int):
         super().__init__(str(root), transform=transform)
@@ -34,7 +38,10 @@ class SeededImageFolder(datasets.ImageFolder):
     def __getitem__(self, key):
         index, epoch = key
         path, target = self.samples[index]
-        image = self.loader(path)
+        try:
+            image = self.loader(path)
+        except (OSError, SyntaxError, ValueError) as e:  # PIL: truncated, unidentified or malformed files
+            return CorruptSample(path, f"{type(e).__name__}: {e}")
         with torch.random.fork_rng(devices=[]):  # leaves the caller's RNG untouched (workers=0)
             torch.manual_seed(sample_seed(self.seed, epoch, index))
             image = self.transform(image)

@@ -8,12 +8,30 @@ any number of workers, ranks, persistent workers or a resume in the middle of th
 from __future__ import annotations
 
 import math
+import sys
+from typing import NamedTuple
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
+
+from pgt_train.errors import UserError
+from pgt_train.preempt import ignore_in_worker
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class CorruptSample(NamedTuple):
+    """What a dataset returns for a file it cannot decode."""
+    path: str
+    reason: str
+
+
+def collate_skipping_corrupt(samples: list):
+    """default_collate over the readable samples; the corrupt ones come back as a list beside them."""
+    corrupt = [s for s in samples if isinstance(s, CorruptSample)]
+    images, targets = default_collate([s for s in samples if not isinstance(s, CorruptSample)])
+    return images, targets, corrupt
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -64,14 +82,15 @@ class TorchLoader:
     """
 
     def __init__(self, dataset: Dataset, *, batch_size: int, train: bool, rank: int, world_size: int, seed: int,
-                 workers: int, device: torch.device, channels_last: bool):
-        self.train = train
+                 workers: int, device: torch.device, channels_last: bool, skip_corrupt: bool = True):
+        self.train, self.skip_corrupt, self.corrupt_seen = train, skip_corrupt, 0
         self.batch_size = batch_size
         self.sampler = (EpochIndexSampler(dataset, rank=rank, world_size=world_size, seed=seed) if train
                         else ShardSampler(len(dataset), rank=rank, world_size=world_size))
         self.loader = DataLoader(
             dataset, batch_size=batch_size, sampler=self.sampler, num_workers=workers, drop_last=train,
-            pin_memory=device.type == "cuda", persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+            collate_fn=collate_skipping_corrupt, worker_init_fn=ignore_in_worker, pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
         self.device = device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
@@ -86,8 +105,19 @@ class TorchLoader:
     def __len__(self) -> int:
         return self.full_epoch_batches
 
+    def take_corrupt_count(self) -> int:
+        """Corrupt files met since the last call (the epoch summary reports them)."""
+        count, self.corrupt_seen = self.corrupt_seen, 0
+        return count
+
     def __iter__(self):
-        for images, targets in self.loader:
+        for images, targets, corrupt in self.loader:
+            for sample in corrupt:
+                if not self.skip_corrupt:
+                    raise UserError(f"corrupt image {sample.path} ({sample.reason}); remove or replace it, "
+                                    f"or set data.skip_corrupt=true to skip such files with a warning")
+                print(f"warning: skipped corrupt image {sample.path} ({sample.reason})", file=sys.stderr)
+            self.corrupt_seen += len(corrupt)
             images = images.to(self.device, non_blocking=True)
             images = images.contiguous(memory_format=self.memory_format).float().sub_(self.mean).div_(self.std)
             yield images, targets.to(self.device, non_blocking=True)
