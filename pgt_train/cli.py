@@ -85,7 +85,7 @@ def train(args: argparse.Namespace) -> int:
         raise UserError(f"data.accum_steps={cfg.data.accum_steps} exceeds the {len(train_loader)} batches per epoch")
     optimizer = optim.build_optimizer(plain_model, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                       nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay,
-                                      decay_norm_and_bias=cfg.optim.decay_norm_and_bias, device=device)
+                                      decay_norm_and_bias=cfg.optim.decay_norm_and_bias)
     s = cfg.sched
     scheduler = optim.build_scheduler(optimizer, name=s.name, epochs=s.epochs, warmup_epochs=s.warmup_epochs,
                                       warmup_lr=s.warmup_lr, milestones=s.milestones, gamma=s.gamma,

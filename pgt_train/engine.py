@@ -77,12 +77,13 @@ def train_one_epoch(model: torch.nn.Module, loader: Iterable, loss_fn: Callable,
                 loss = loss_fn(logits, targets)
             scaler.scale(loss / opts.accum_steps).backward()
         micro += 1
-        with torch.no_grad():
+        with torch.no_grad():  # device-side only: python scalars go in as kernel arguments, no copies
             finite = torch.isfinite(loss)
             nonfinite_run = torch.where(finite, 0, nonfinite_run + 1)
             n = targets.shape[0]
-            sums += torch.stack([torch.where(finite, loss.detach().double() * n, 0.0),
-                                 (logits.argmax(1) == targets).sum().double(), torch.tensor(float(n), device=device)])
+            sums[0] += torch.where(finite, loss.detach().double() * n, 0.0)
+            sums[1] += (logits.argmax(1) == targets).sum()
+            sums[2] += n
         if not final_micro:
             continue
         if opts.clip_mode != "none":
@@ -131,19 +132,16 @@ def evaluate(model: torch.nn.Module, loader: Iterable, *, device: torch.device,
     logit_max = torch.full((1,), -float("inf"), device=device, dtype=torch.float64)
     for images, targets in loader:
         with autocast(device, amp_dtype):
-            logits = model(images)
-        keep = targets >= 0
-        logits, targets = logits[keep].double(), targets[keep]
-        if targets.numel() == 0:
-            continue
-        k = min(5, logits.shape[1])
-        hits = logits.topk(k, dim=1).indices == targets[:, None]
-        sums += torch.stack([
-            F.cross_entropy(logits, targets, reduction="sum"), hits[:, 0].sum(), hits.any(1).sum(),
-            torch.tensor(float(targets.numel()), device=device, dtype=torch.float64),
-            logits.norm(dim=1).sum(), logits.sum(), logits.square().sum(),
-            torch.tensor(float(logits.numel()), device=device, dtype=torch.float64)])
-        logit_max = torch.maximum(logit_max, logits.max().view(1))
+            logits = model(images).double()  # (B, C)
+        keep = (targets >= 0).double()  # (B,): masks padding by weight, not by indexing (no host sync)
+        targets = targets.clamp_min(0)
+        hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == targets[:, None]  # (B, k)
+        per_image = torch.stack([
+            F.cross_entropy(logits, targets, reduction="none"), hits[:, 0].double(), hits.any(1).double(),
+            torch.ones_like(keep), logits.norm(dim=1), logits.sum(1), logits.square().sum(1),
+            torch.full_like(keep, logits.shape[1])], dim=1)  # (B, 8)
+        sums += (per_image * keep[:, None]).sum(0)
+        logit_max = torch.maximum(logit_max, torch.where(keep[:, None] > 0, logits, -float("inf")).max().view(1))
     ce, top1, top5, n, norm_sum, z_sum, z2_sum, entries = all_reduce_sum(sums).tolist()
     n_safe, e_safe = max(n, 1), max(entries, 1)
     mean = z_sum / e_safe
