@@ -1,0 +1,163 @@
+"""The DALI loader on real JPEGs, in CPU-only pipelines (the GPU path differs only in device strings).
+
+Checks what a training run relies on: tensors of the right kind, ImageFolder's class indices (so
+checkpoints move between loaders), every val image counted exactly once over any number of ranks,
+and a checkpoint trained with the torchvision loader scoring the same through DALI.
+"""
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("nvidia.dali")
+
+from pgt_train import cli, engine, models  # noqa: E402
+from pgt_train.config import DataConfig  # noqa: E402
+from pgt_train.data import build_loaders  # noqa: E402
+from pgt_train.data.torch_loader import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from pgt_train.dist import DistInfo  # noqa: E402
+from tests.conftest import REPO  # noqa: E402
+
+# Created in this order; ImageFolder sorts them: apple 0, mango 1, zebra 2. Each class has its own hue.
+CLASSES = {"zebra": (200, 30, 30), "apple": (30, 200, 30), "mango": (30, 30, 200)}
+TRAIN_PER_CLASS, VAL_PER_CLASS = 8, 5
+N_VAL = VAL_PER_CLASS * len(CLASSES)  # 15: odd, so 2 ranks hold 7 and 8
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("dali_jpegs")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", TRAIN_PER_CLASS), ("val", VAL_PER_CLASS)):
+        for name, colour in CLASSES.items():
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                h, w = rng.integers(40, 90, size=2)
+                pixels = np.clip(np.array(colour) + rng.normal(0, 30, (h, w, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture
+def one_thread():
+    """In-process training on a shared 2-core machine: 2 OpenMP threads run ~5x slower than 1."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def loaders(root, *, loader="dali", batch_size=4, rank=0, world=1, channels_last=False, **cfg):
+    data = DataConfig(root=str(root), loader=loader, batch_size=batch_size * world, workers=1, img_size=32,
+                      dali_device="cpu", **cfg)
+    return build_loaders(data, num_classes=len(CLASSES), seed=0, dist=DistInfo(rank=rank, world_size=world),
+                         channels_last=channels_last)
+
+
+def class_of_colour(images):
+    """Un-normalises (N, 3, H, W) and returns each image's dominant channel."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
+    return (images * std + mean).mean((2, 3)).argmax(1)
+
+
+def test_train_batches_and_imagefolder_labels(folder):
+    from torchvision.datasets import ImageFolder
+    idx = ImageFolder(str(folder / "train")).class_to_idx
+    assert idx == {"apple": 0, "mango": 1, "zebra": 2}
+    channel_of_label = torch.tensor([int(np.argmax(CLASSES[name])) for name in sorted(idx, key=idx.get)])
+    train, _ = loaders(folder)
+    assert len(train) == 3 * TRAIN_PER_CLASS // 4
+    seen = []
+    for epoch in range(2):
+        train.set_epoch(epoch)
+        batches = list(train)
+        assert len(batches) == len(train)
+        for images, targets in batches:
+            assert images.shape == (4, 3, 32, 32) and images.dtype == torch.float32
+            assert targets.dtype == torch.int64 and images.device.type == "cpu"
+            assert -2.2 < images.min() and images.max() < 2.7  # ImageNet-normalised 0..255
+            assert torch.equal(class_of_colour(images), channel_of_label[targets])  # ImageFolder's indices
+            seen += targets.tolist()
+    assert sorted(set(seen)) == [0, 1, 2]
+    train.set_epoch(2, skip_batches=2)  # a mid-epoch resume yields the rest of the epoch
+    assert len(list(train)) == len(train) - 2
+    next(iter(train))  # a pass left early (the engine stops after its last optimizer step) ...
+    assert len(list(train)) == len(train)  # ... does not shorten the next epoch
+
+
+def test_val_counts_each_image_once_over_ranks(folder):
+    truth = sorted([i for i in range(len(CLASSES)) for _ in range(VAL_PER_CLASS)])
+    for world, batch in ((1, 4), (2, 4), (2, 7), (3, 2)):  # 2 x 7: rank 0 (7 images) gets a padding-only batch
+        labels = []
+        for rank in range(world):
+            _, val = loaders(folder, batch_size=batch, rank=rank, world=world)
+            for _ in range(2):  # a second pass starts where the first one did
+                passes = [t for _, t in val]
+                assert len(passes) == len(val)
+                kept = torch.cat(passes)
+                labels += kept[kept >= 0].tolist()
+        assert sorted(labels) == sorted(truth * 2), (world, batch)
+
+
+def test_channels_last_is_the_same_batch(folder):
+    _, val = loaders(folder)
+    _, val_cl = loaders(folder, channels_last=True)
+    for (a, ta), (b, tb) in zip(val, val_cl):
+        assert b.is_contiguous(memory_format=torch.channels_last) and b.shape == a.shape
+        assert torch.equal(a, b) and torch.equal(ta, tb)
+
+
+def test_torchrun_two_processes_count_every_val_image(folder, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["--config", "/dev/null", f"data.root={folder}", "data.loader=dali", "data.dali_device=cpu",
+            "model.name=resnet18", "model.num_classes=3", "data.batch_size=8", "data.img_size=32", "data.workers=1",
+            "sched.epochs=1", "sched.warmup_epochs=0", "optim.lr=0.05", "run.progress=false", f"run.dir={run_dir}"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "pgt_train", *args], cwd=REPO, env={**env, "OMP_NUM_THREADS": "1"},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "on 2 x cpu" in result.stdout
+    rows = list(csv.DictReader(open(run_dir / "summary.csv")))
+    assert [int(r["val_images"]) for r in rows] == [N_VAL]
+    assert torch.load(run_dir / "last.pth", weights_only=True)["config"]["data"]["loader"] == "dali"
+
+
+def predictions(model, val):
+    out = []
+    with torch.no_grad():
+        for images, targets in val:
+            keep = targets >= 0
+            out.append(torch.stack([model(images).argmax(1)[keep], targets[keep]], 1))
+    return torch.cat(out)
+
+
+def test_torchvision_checkpoint_scores_the_same_through_dali(folder, tmp_path, one_thread):
+    run_dir = tmp_path / "tv"
+    code = cli.main(["--config", "/dev/null", f"data.root={folder}", "data.loader=torchvision", "model.name=resnet18",
+                     "model.num_classes=3", "data.batch_size=8", "data.img_size=32", "data.workers=0",
+                     "sched.epochs=2", "sched.warmup_epochs=0", "optim.lr=0.05", "run.progress=false",
+                     f"run.dir={run_dir}"])
+    assert code == 0
+    model = models.build_model("resnet18", num_classes=3)
+    model.load_state_dict(torch.load(run_dir / "last.pth", weights_only=True)["model"])
+    model.eval()
+    by_tv = predictions(model, loaders(folder, loader="torchvision")[1])
+    by_dali = predictions(model, loaders(folder)[1])
+    assert torch.equal(by_tv[:, 1].sort().values, by_dali[:, 1].sort().values)  # both see each image once
+    # Both loaders read val/ in ImageFolder order (DALI's one shard here), so rows pair up image by image.
+    assert torch.equal(by_tv[:, 1], by_dali[:, 1])
+    top1_tv = (by_tv[:, 0] == by_tv[:, 1]).float().mean().item()
+    top1_dali = (by_dali[:, 0] == by_dali[:, 1]).float().mean().item()
+    agree = (by_tv[:, 0] == by_dali[:, 0]).float().mean().item()
+    assert top1_tv >= 0.6, f"the checkpoint did not learn the colours (top-1 {top1_tv:.2f}): nothing to compare"
+    assert agree >= 0.9 and abs(top1_tv - top1_dali) <= 0.1, (agree, top1_tv, top1_dali)
+    engine_dali = engine.evaluate(model, loaders(folder)[1], device=torch.device("cpu"))
+    assert engine_dali["val_images"] == N_VAL and abs(engine_dali["val_top1"] - 100 * top1_dali) < 1e-6

@@ -1,0 +1,127 @@
+"""DDP and gradient accumulation change how the global batch is computed, never what is learned.
+
+2 processes (torchrun, gloo, CPU), 1 process, and 1 process with 2 accumulation steps train the same
+model on the same deterministic synthetic data at the same global batch; their weights must agree up
+to float summation order. No BatchNorm (model.norm=none), so per-rank batch statistics do not enter.
+
+Tolerance, measured: the weights of equivalent runs differ by at most ~3e-5 (a few 1e-3 of the
+update |w - w0| of the worst tensor). That is not a pipeline difference: the 1-process run alone,
+with OMP_NUM_THREADS=2 instead of 1, differs from itself by the same amount (summation order flips a
+ReLU here and there). Real bugs are ~1000x larger: doubling the LR (gradients summed, not averaged)
+or stepping on half the batch (no all-reduce, wrong per-rank batch) move weights by ~0.1, i.e. by
+more than the whole update.
+"""
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+
+GLOBAL_BATCH, TRAIN_SIZE, VAL_SIZE = 32, 100, 101  # 100: a partial last batch to drop; 101: odd over 2 ranks
+MAX_ABS_DIFF = 2e-4  # measured <= 3e-5; bugs >= 1e-1
+MAX_REL_DIFF = 2e-2  # per tensor |w_a - w_b| / |w_a - w0|: measured <= 2.4e-3; bugs >= 1
+
+
+def train_args(run_dir, *extra):
+    return ["--config", "/dev/null", "data.loader=synthetic", "model.name=resnet18", "model.norm=none",
+            "model.num_classes=10", f"data.batch_size={GLOBAL_BATCH}", "data.img_size=32",
+            f"data.train_size={TRAIN_SIZE}", f"data.val_size={VAL_SIZE}", "data.workers=0", "sched.epochs=2",
+            "sched.warmup_epochs=0", "optim.lr=0.02", "pgt.alpha=0.3", "amp.dtype=none", "run.device=cpu",
+            "run.progress=false", f"run.dir={run_dir}", *map(str, extra)]
+
+
+def env():
+    clean = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                                "MASTER_PORT")}
+    return {**clean, "OMP_NUM_THREADS": "1"}
+
+
+def start(args, nproc=1):
+    launcher = [sys.executable, "-m", "pgt_train"] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "pgt_train"]
+    return subprocess.Popen(launcher + args, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def finish(proc, timeout=300):
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The three trainings at once (each process is single-threaded)."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    procs = {
+        "ddp2": start(train_args(tmp / "ddp2"), nproc=2),
+        "single": start(train_args(tmp / "single")),
+        "accum2": start(train_args(tmp / "accum2", "data.accum_steps=2")),
+    }
+    results = {name: finish(p) for name, p in procs.items()}
+    for name in results:
+        assert results[name].returncode == 0, f"{name}:\n{results[name].stdout}\n{results[name].stderr}"
+    return {name: (tmp / name, r) for name, r in results.items()}
+
+
+def weights(run_dir):
+    return torch.load(run_dir / "last.pth", map_location="cpu", weights_only=True)["model"]
+
+
+def initial_weights():
+    from pgt_train import cli, models
+    cli.seed_everything(0)  # what the trainer does before building the model (seed: 0)
+    return models.build_model("resnet18", num_classes=10, norm="none").state_dict()
+
+
+def summary(run_dir):
+    return list(csv.DictReader(open(run_dir / "summary.csv")))
+
+
+def assert_same_training(a_dir, b_dir):
+    a, b, w0 = weights(a_dir), weights(b_dir), initial_weights()
+    assert a.keys() == b.keys() == w0.keys()
+    keys = [k for k in a if a[k].is_floating_point()]
+    max_update = max((a[k] - w0[k]).abs().max().item() for k in keys)
+    max_diff = max((a[k] - b[k]).abs().max().item() for k in keys)
+    rel = {k: ((a[k] - b[k]).norm() / (a[k] - w0[k]).norm().clamp_min(1e-12)).item() for k in keys}
+    worst = max(rel, key=rel.get)
+    assert max_update > 100 * MAX_ABS_DIFF, f"training barely moved the weights (max |w - w0| = {max_update:.3g})"
+    assert max_diff <= MAX_ABS_DIFF, f"max |w_a - w_b| = {max_diff:.3g} (update {max_update:.3g})"
+    assert rel[worst] <= MAX_REL_DIFF, f"{worst}: |w_a - w_b| / |w_a - w0| = {rel[worst]:.3g}"
+    # The logged metrics are over the same images: the same loss up to rounding, the same hits.
+    rows_a, rows_b = summary(a_dir), summary(b_dir)
+    assert len(rows_a) == len(rows_b) == 2
+    for ra, rb in zip(rows_a, rows_b):
+        for key in ("train_loss", "val_loss", "lr"):
+            assert float(ra[key]) == pytest.approx(float(rb[key]), rel=1e-3, abs=1e-6), key
+        for key in ("train_top1", "val_top1", "val_top5"):  # a hit may flip on a near-tie: 1 image at most
+            assert abs(float(ra[key]) - float(rb[key])) <= 100 / (3 * GLOBAL_BATCH) + 1e-6, key
+
+
+def test_two_processes_train_like_one(runs):
+    assert "on 2 x cpu" in runs["ddp2"][1].stdout and "on 1 x cpu" in runs["single"][1].stdout
+    assert_same_training(runs["single"][0], runs["ddp2"][0])
+
+
+def test_every_val_image_counted_once(runs):
+    for name in ("ddp2", "single", "accum2"):
+        assert [int(r["val_images"]) for r in summary(runs[name][0])] == [VAL_SIZE, VAL_SIZE], name
+
+
+def test_accumulation_trains_like_one_batch(runs):
+    assert_same_training(runs["single"][0], runs["accum2"][0])
+
+
+def test_batch_that_does_not_split_exits_2_with_one_line(tmp_path, capsys):
+    from pgt_train import cli  # in-process: the check needs no second process and no torchrun
+    code = cli.main(train_args(tmp_path / "bad", "data.batch_size=30", "data.accum_steps=4"))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pgt-train: error: data.batch_size=30"), err
+    assert "4 accumulation steps" in lines[0] and "multiple of 4" in lines[0]
+    assert not (tmp_path / "bad" / "last.pth").exists()
