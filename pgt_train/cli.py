@@ -75,7 +75,7 @@ def train(args: argparse.Namespace) -> int:
     seed_everything(cfg.seed)
     model = models.build_model(cfg.model.name, num_classes=cfg.model.num_classes, norm=cfg.model.norm)
     seed_everything(cfg.seed + 1000 * info.rank)
-    data.prepare_demo(cfg.data, info, cfg.seed)
+    data.prepare_demo(cfg.data, info)
     train_loader, val_loader = data.build_loaders(cfg.data, num_classes=cfg.model.num_classes, seed=cfg.seed,
                                                   dist=info, channels_last=channels_last)
     model, plain_model = models.prepare(model, device=device, channels_last=channels_last, sync_bn=cfg.model.sync_bn,

@@ -40,6 +40,7 @@ class ModelConfig:
 class DemoConfig:
     """Procedurally generated JPEG ImageFolder written to data.root before training (no download)."""
     enabled: bool = False
+    seed: int = 0  # the dataset's own seed: runs with different `seed` share one generated dataset
     classes: int = 10
     train_per_class: int = 300
     val_per_class: int = 60

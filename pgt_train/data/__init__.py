@@ -24,16 +24,19 @@ def per_rank_batch(global_batch: int, world_size: int, accum_steps: int) -> int:
     return global_batch // parts
 
 
-def prepare_demo(cfg: DataConfig, dist: DistInfo, seed: int) -> None:
+def prepare_demo(cfg: DataConfig, dist: DistInfo) -> None:
     """Rank 0 writes the demo JPEGs once (cached by parameters); the other ranks wait for it."""
     if not cfg.demo.enabled:
         return
     if dist.is_main:
         from pgt_train.data.demo import make_demo_dataset
         d = cfg.demo
-        make_demo_dataset(Path(cfg.root), seed=seed, num_classes=d.classes, train_per_class=d.train_per_class,
-                          val_per_class=d.val_per_class, image_size=d.image_size, difficulty=d.difficulty,
-                          workers=max(1, cfg.workers))
+        try:
+            make_demo_dataset(Path(cfg.root), seed=d.seed, num_classes=d.classes, train_per_class=d.train_per_class,
+                              val_per_class=d.val_per_class, image_size=d.image_size, difficulty=d.difficulty,
+                              workers=max(1, cfg.workers))
+        except FileExistsError as e:  # data.root points at a folder the generator did not write
+            raise UserError(f"data.root: {e}; point data.root at an empty or demo folder") from None
     barrier()
 
 
