@@ -1,0 +1,258 @@
+"""Procedural ImageFolder dataset for the CPU demo and the proxy study.
+
+Writes real JPEG files as ``<root>/{train,val}/<class_name>/*.jpg`` so the demo
+runs through exactly the ImageNet loading path (torchvision ImageFolder).
+
+Why it looks the way it does: a small generated set is useless if a ResNet can
+memorise it (train 100%, val at chance) or separate it trivially (both 100%).
+Here every class is a *combination* of three attributes of one foreground
+object -- shape, stripe frequency (texture) and hue -- and no single attribute
+identifies the class. Each image then varies strongly (position, scale,
+rotation, aspect, background texture, distractor shapes, noise, JPEG quality),
+and a per-image blend weight ``w ~ U(0, difficulty)`` pulls the object's
+attributes toward a neighbouring class, so class-conditional distributions
+overlap and the Bayes accuracy is below 100%.
+
+Determinism: every image has its own numpy Generator seeded from
+``(seed, split, class, index)``, so output bytes do not depend on worker count
+or generation order.
+"""
+
+import argparse
+import inspect
+import json
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+# Bump when the rendering changes, so cached datasets are regenerated.
+GENERATOR_VERSION = 1
+PARAMS_FILE = "demo_params.json"
+SPLITS = ("train", "val")
+
+SHAPES = ("circle", "square", "triangle", "star", "cross")
+# Stripe frequencies in cycles per object radius (object coordinates).
+STRIPE_FREQS = (0.5, 1.3, 2.2)
+GOLDEN = 0.6180339887  # spreads class hues evenly around the colour wheel
+
+
+def class_prototype(c):
+    """Attributes of class ``c``: (shape index, stripe frequency, hue in [0, 1)).
+
+    Shape cycles with period 5 and frequency with period 3, so e.g. classes 0
+    and 5 share a shape and differ in hue and texture; only the combination
+    identifies a class.
+    """
+    return c % len(SHAPES), STRIPE_FREQS[c % 3], (c * GOLDEN) % 1.0
+
+
+def class_names(num_classes):
+    """Folder names that sort in class order, e.g. ``c03_star``."""
+    width = max(2, len(str(num_classes - 1)))
+    return [f"c{c:0{width}d}_{SHAPES[class_prototype(c)[0]]}" for c in range(num_classes)]
+
+
+def hsv_to_rgb(h, s, v):
+    """Scalar HSV in [0, 1] -> RGB array of shape (3,)."""
+    k = (np.array([5.0, 3.0, 1.0]) + h * 6.0) % 6.0
+    return v - v * s * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
+
+
+def shape_level(shape, u, v):
+    """Level function of a unit-sized shape: <= 1 inside. u, v: (S, S) object coords."""
+    r = np.hypot(u, v)
+    a = np.arctan2(v, u)
+    name = SHAPES[shape]
+    if name == "circle":
+        return r
+    if name == "square":
+        return np.maximum(np.abs(u), np.abs(v)) / 0.8
+    if name == "triangle":
+        sector = 2 * np.pi / 3
+        return r * np.cos((a % sector) - sector / 2) / np.cos(np.pi / 3)
+    if name == "star":
+        return r / (0.6 + 0.4 * np.cos(5 * a))
+    arm = 0.33  # cross: union of two bars of half-width `arm`
+    return np.minimum(np.maximum(np.abs(u) / arm, np.abs(v)), np.maximum(np.abs(v) / arm, np.abs(u)))
+
+
+def paint_object(img, rng, shape, freq, rgb, center, radius):
+    """Alpha-blend a rotated, squashed, striped shape into ``img`` (S, S, 3) in place."""
+    size = img.shape[0]
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    angle = rng.uniform(0, 2 * np.pi)
+    aspect = rng.uniform(0.75, 1.3)
+    dx, dy = (xs - center[0]) / radius, (ys - center[1]) / radius
+    u = (np.cos(angle) * dx + np.sin(angle) * dy) * aspect
+    v = (-np.sin(angle) * dx + np.cos(angle) * dy) / aspect
+    # Soft edge about one pixel wide (anti-aliasing).
+    alpha = np.clip((1.0 - shape_level(shape, u, v)) * radius + 0.5, 0.0, 1.0)[..., None]
+    stripes = 0.5 + 0.5 * np.sin(2 * np.pi * freq * u + rng.uniform(0, 2 * np.pi))
+    fill = rgb * (0.45 + 0.55 * stripes[..., None])
+    img *= 1.0 - alpha
+    img += alpha * fill
+
+
+def render_image(rng, label, num_classes, size, difficulty):
+    """One image of class ``label`` as uint8 (size, size, 3)."""
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    # Background: two random colours mixed by a random low-frequency wave pattern.
+    mix = np.zeros((size, size), np.float32)
+    for _ in range(3):
+        theta, freq = rng.uniform(0, 2 * np.pi), rng.uniform(0.5, 4.0)
+        mix += np.sin(2 * np.pi * freq * (np.cos(theta) * xs + np.sin(theta) * ys) + rng.uniform(0, 2 * np.pi))
+    mix = (mix / 6.0 + 0.5)[..., None]
+    bg_a = hsv_to_rgb(rng.random(), rng.uniform(0, 0.6), rng.uniform(0.2, 0.9))
+    bg_b = hsv_to_rgb(rng.random(), rng.uniform(0, 0.6), rng.uniform(0.2, 0.9))
+    img = (bg_a * (1 - mix) + bg_b * mix).astype(np.float32)
+
+    # Clutter: small distractors with the attributes of random classes.
+    for _ in range(rng.integers(0, 3)):
+        shape, freq, hue = class_prototype(int(rng.integers(num_classes)))
+        rgb = hsv_to_rgb(hue, rng.uniform(0.4, 1.0), rng.uniform(0.4, 1.0))
+        paint_object(img, rng, shape, freq, rgb, rng.uniform(0.1, 0.9, 2) * size, rng.uniform(0.07, 0.13) * size)
+
+    # Main object: class attributes blended toward a neighbouring class by w.
+    shape, freq, hue = class_prototype(label)
+    n_shape, n_freq, n_hue = class_prototype((label + rng.choice((-1, 1))) % num_classes)
+    w = rng.uniform(0, difficulty)
+    if rng.random() < w:
+        shape = n_shape
+    freq = (1 - w) * freq + w * n_freq + rng.normal(0, 0.15)
+    hue_step = (n_hue - hue + 0.5) % 1.0 - 0.5  # shortest way round the colour wheel
+    hue = (hue + w * hue_step + rng.normal(0, 0.03)) % 1.0
+    rgb = hsv_to_rgb(hue, rng.uniform(0.5, 1.0), rng.uniform(0.5, 1.0))
+    paint_object(img, rng, shape, max(freq, 0.2), rgb, rng.uniform(0.3, 0.7, 2) * size, rng.uniform(0.17, 0.3) * size)
+
+    # Global contrast/brightness jitter and sensor noise.
+    img = (img - 0.5) * rng.uniform(0.7, 1.2) + 0.5 + rng.uniform(-0.1, 0.1)
+    img += rng.normal(0, rng.uniform(0.0, 0.06), img.shape)
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def write_image(job):
+    """Render and save one JPEG. job: (out_dir, seed, split_id, label, index, num_classes, size, difficulty)."""
+    out_dir, seed, split_id, label, index, num_classes, size, difficulty = job
+    rng = np.random.default_rng([seed, split_id, label, index])
+    pixels = render_image(rng, label, num_classes, size, difficulty)
+    quality = int(rng.integers(35, 96))
+    Image.fromarray(pixels, "RGB").save(Path(out_dir) / f"{index:05d}.jpg", "JPEG", quality=quality)
+
+
+def read_params(root):
+    """Parameters stored with a completely written dataset, or None."""
+    try:
+        return json.loads((root / PARAMS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def make_demo_dataset(
+    root,
+    *,
+    seed=0,
+    num_classes=10,
+    train_per_class=500,
+    val_per_class=100,
+    image_size=64,
+    difficulty=0.5,
+    workers=2,
+):
+    """Generate (once) the demo ImageFolder dataset under ``root``; return ``root`` as a Path.
+
+    Reuses ``root`` when its ``demo_params.json`` matches these parameters.
+    Otherwise builds the dataset in a temporary sibling directory and renames
+    it into place, so an interrupted run never leaves a dataset that looks
+    complete. The params file is written last. ``workers`` only changes speed,
+    not output (0 or 1: generate in this process). Call it from one process
+    only (e.g. rank 0, then a barrier): concurrent calls on the same root race.
+
+    Class attribute combinations repeat every 15 classes (5 shapes x 3
+    frequencies), so beyond 15 classes some pairs differ by hue alone.
+    ``difficulty`` in [0, 1]: 0 keeps every object at its class prototype.
+    """
+    root = Path(root)
+    params = {
+        "version": GENERATOR_VERSION,
+        "seed": seed,
+        "num_classes": num_classes,
+        "train_per_class": train_per_class,
+        "val_per_class": val_per_class,
+        "image_size": image_size,
+        "difficulty": difficulty,
+    }
+    if read_params(root) == params:
+        return root
+    # Only ever replace something that this function could have written.
+    if root.exists() and not set(os.listdir(root)) <= {*SPLITS, PARAMS_FILE}:
+        raise FileExistsError(f"{root} exists and does not look like a demo dataset; refusing to overwrite it")
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it owner-only; the dataset should be ordinarily readable
+    try:
+        jobs = []
+        names = class_names(num_classes)
+        for split_id, (split, per_class) in enumerate(zip(SPLITS, (train_per_class, val_per_class))):
+            for label, name in enumerate(names):
+                out_dir = tmp / split / name
+                out_dir.mkdir(parents=True)
+                jobs += [(str(out_dir), seed, split_id, label, i, num_classes, image_size, difficulty) for i in range(per_class)]
+        if workers > 1:
+            with multiprocessing.Pool(workers) as pool:
+                pool.map(write_image, jobs, chunksize=64)
+        else:
+            for job in jobs:
+                write_image(job)
+        (tmp / PARAMS_FILE).write_text(json.dumps(params, indent=2) + "\n")
+        if root.exists():
+            # Move the stale copy aside first: renaming onto a non-empty directory fails.
+            stale = Path(tempfile.mkdtemp(prefix=f".{root.name}.stale-", dir=root.parent))
+            os.replace(root, stale / root.name)
+            shutil.rmtree(stale)
+        os.replace(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
+
+
+def main(argv=None):
+    # CLI defaults come from make_demo_dataset's signature so the two never drift apart.
+    defaults = {name: param.default for name, param in inspect.signature(make_demo_dataset).parameters.items()}
+    parser = argparse.ArgumentParser(description="Generate the procedural demo ImageFolder dataset.")
+    parser.add_argument("root", help="output directory (<root>/train, <root>/val)")
+    parser.add_argument("--seed", type=int, default=defaults["seed"])
+    parser.add_argument("--classes", type=int, default=defaults["num_classes"])
+    parser.add_argument("--train-per-class", type=int, default=defaults["train_per_class"])
+    parser.add_argument("--val-per-class", type=int, default=defaults["val_per_class"])
+    parser.add_argument("--image-size", type=int, default=defaults["image_size"])
+    parser.add_argument("--difficulty", type=float, default=defaults["difficulty"])
+    parser.add_argument("--workers", type=int, default=defaults["workers"])
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    root = make_demo_dataset(
+        args.root,
+        seed=args.seed,
+        num_classes=args.classes,
+        train_per_class=args.train_per_class,
+        val_per_class=args.val_per_class,
+        image_size=args.image_size,
+        difficulty=args.difficulty,
+        workers=args.workers,
+    )
+    counts = {split: sum(1 for _ in (root / split).glob("*/*.jpg")) for split in SPLITS}
+    print(
+        f"demo dataset at {root.resolve()}: {counts['train']} train + {counts['val']} val images, "
+        f"{args.classes} classes ({time.perf_counter() - start:.1f}s)"
+    )
+
+
+if __name__ == "__main__":
+    main()
