@@ -86,3 +86,16 @@ def test_bad_input_is_one_line_and_runs_nothing(args, message):
     r = reproduce(*args)
     assert r.returncode != 0 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and message in r.stderr
+
+
+def test_proxy_study_dry_run_lists_every_recipe_and_seed(tmp_path):
+    result = subprocess.run([sys.executable, "scripts/proxy_study.py", "--dry-run", "--seeds", "0", "1",
+                             "--runs-root", str(tmp_path / "runs")], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    recipes = sorted(p.stem for p in (ROOT / "configs" / "proxy").glob("*.yaml") if p.stem != "base")
+    assert len(recipes) >= 4
+    for recipe in recipes:
+        for seed in (0, 1):
+            assert f"{recipe} seed {seed}: run" in result.stdout
+            assert f"run.dir={tmp_path / 'runs' / recipe / f'seed{seed}'}" in result.stdout
+    assert "pgt_train.report" in result.stdout
