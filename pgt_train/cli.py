@@ -23,7 +23,10 @@ EXIT_BAD_INPUT, EXIT_NONFINITE = 2, 3
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="pgt-train", description="ImageNet training with the PowerGrad Transform.")
+    p = argparse.ArgumentParser(
+        prog="pgt-train", description="ImageNet training with the PowerGrad Transform.",
+        epilog="Also: pgt-train export RUN_DIR --out model.safetensors. Exit codes: 0 done, 2 bad input, "
+               f"3 non-finite loss, {preempt.EXIT_PREEMPTED} preempted (checkpointed; rerun with --resume auto).")
     p.add_argument("--config", help="recipe YAML (e.g. configs/resnet50_cosine_pgt.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="dotted overrides, e.g. optim.lr=0.2")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
