@@ -94,3 +94,14 @@ def test_print_config_prints_resolved_yaml(jpeg_folder, tmp_path):
     printed = yaml.safe_load(result.stdout)
     assert printed["pgt"]["alpha"] == 0.3 and printed["data"]["batch_size"] == 6
     assert not (tmp_path / "run").exists()
+
+
+def test_compiled_training_with_pgt_saves_plain_keys(tmp_path):
+    run_dir = tmp_path / "compiled"
+    result = run_cli("--config", "/dev/null", "data.loader=synthetic", "model.name=resnet18", "model.num_classes=10",
+                     "data.batch_size=16", "data.train_size=64", "data.val_size=32", "data.img_size=32",
+                     "data.workers=0", "sched.epochs=1", "sched.warmup_epochs=0", "pgt.alpha=0.3", "run.compile=true",
+                     "run.progress=false", f"run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr
+    keys = torch.load(run_dir / "last.pth", weights_only=True)["model"].keys()
+    assert "conv1.weight" in keys and not any(k.startswith(("_orig_mod.", "module.")) for k in keys)
