@@ -122,7 +122,7 @@ def train(args: argparse.Namespace) -> int:
         rngs = checkpoint.gather_rng_states(info.world_size)
         if not info.is_main:
             return
-        if not all(torch.isfinite(p).all() for p in plain_model.parameters()):
+        if not torch.stack([torch.isfinite(p).all() for p in plain_model.parameters()]).all():  # one host sync
             log(f"warning: weights are not finite at step {step}; {names} not overwritten")
             return
         state = checkpoint.capture(model=plain_model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
@@ -150,7 +150,7 @@ def train(args: argparse.Namespace) -> int:
             every = cfg.run.checkpoint_every
             if step_in_epoch == steps_per_epoch:  # the epoch's end saves (and stops) after evaluation
                 return False
-            preempted = stop.agreed(global_step, info, device)
+            preempted = stop.agreed(global_step, info, device, sync_every=cfg.run.log_interval)
             if preempted or every and global_step % every == 0:
                 save(["last.pth"], epoch, global_step, step_in_epoch * cfg.data.accum_steps, best_top1)
             return preempted

@@ -41,7 +41,11 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]):
 
 
 def clip_parameters(model: torch.nn.Module, mode: str) -> list[torch.nn.Parameter]:
-    """AGC leaves the classifier out, as its authors (Brock et al. 2021) and timm's train.py do."""
+    """AGC leaves the classifier out, as its authors (Brock et al. 2021) and timm's train.py do.
+
+    By get_classifier() rather than timm's model_parameters(exclude_head=True), which drops the last two
+    parameter tensors by position whatever they are.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     if mode == "agc":
         head = model.get_classifier() if hasattr(model, "get_classifier") else None

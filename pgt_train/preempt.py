@@ -3,7 +3,7 @@
 The handler only records the request; the trainer acts on it after the current optimizer step, writes
 last.pth and exits with EXIT_PREEMPTED, so `--resume auto` (e.g. after a SLURM requeue) continues
 from the next batch. Under DDP the ranks must stop after the same step: they agree through an
-all-reduce every SYNC_EVERY steps (a host sync, so not every step).
+all-reduce every `sync_every` steps (run.log_interval: the trainer's one host sync point).
 """
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from pgt_train.dist import DistInfo, broadcast_flag
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later"; scripts/slurm requeues on it
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-SYNC_EVERY = 10
 
 
 class StopRequest:
@@ -27,11 +26,11 @@ class StopRequest:
     def _record(self, signum, _frame) -> None:
         self.signum = signum
 
-    def agreed(self, step: int | None, info: DistInfo, device: torch.device) -> bool:
+    def agreed(self, step: int | None, info: DistInfo, device: torch.device, sync_every: int = 1) -> bool:
         """True on every rank at the same step once any rank received a signal (step None: check now)."""
         if not info.enabled:
             return self.signum is not None
-        return (step is None or step % SYNC_EVERY == 0) and broadcast_flag(self.signum is not None, device)
+        return (step is None or step % sync_every == 0) and broadcast_flag(self.signum is not None, device)
 
     @property
     def name(self) -> str:

@@ -28,6 +28,7 @@ from pgt_train import engine, models, optim
 from pgt_train.config import DiagConfig
 from pgt_train.diagnostics import Diagnostics
 from pgt_train.pgt import pgt_cross_entropy
+from pgt_train.writers import RunWriter
 
 AMP = {"fp16": torch.float16, "bf16": torch.bfloat16, "none": None}
 
@@ -145,7 +146,7 @@ def bench_trainer(s: Setup, args, step_time: float) -> tuple[list[str], float]:
 
     interval = DiagConfig().interval
     with tempfile.TemporaryDirectory() as tmp:
-        writer = _NullWriter()
+        writer = RunWriter(Path(tmp), enabled=False)  # TensorBoard writes happen off the hot loop; not timed
         diag = Diagnostics(s.plain, interval=1, zero_threshold=DiagConfig().zero_threshold, writer=writer,
                            run_dir=Path(tmp), log=print)
         costs = []
@@ -159,16 +160,6 @@ def bench_trainer(s: Setup, args, step_time: float) -> tuple[list[str], float]:
         row("engine / bare per round", ratios, "x"),
         row(f"diagnostics, amortised over {interval} steps", share, "% of train time"),
     ], statistics.median(eng)
-
-
-class _NullWriter:
-    """The diagnostics' cost without TensorBoard's file writes (those happen off the hot loop too)."""
-
-    def scalars(self, *_):
-        pass
-
-    def histogram(self, *_):
-        pass
 
 
 def bench_loader(args, device: torch.device, trainer_img_s: float) -> list[str]:

@@ -128,13 +128,13 @@ def test_batch_that_does_not_split_exits_2_with_one_line(tmp_path, capsys):
 
 
 def test_sigterm_to_torchrun_stops_all_ranks_at_one_step_and_resumes_exactly(tmp_path):
-    """torchrun forwards SIGTERM to its workers; they agree on a step (every preempt.SYNC_EVERY steps), rank 0
+    """torchrun forwards SIGTERM to its workers; they agree on a step (every run.log_interval steps), rank 0
     writes last.pth, and `--resume auto` under torchrun ends with the weights of an uninterrupted run."""
     import signal
     import time
-    from pgt_train.preempt import SYNC_EVERY
+    sync_every = 10
     # 480 images / 32 = 15 steps an epoch: the first agreement point (step 10) lies inside epoch 1
-    extra = ("data.train_size=480", "run.checkpoint_every=1")
+    extra = ("data.train_size=480", "run.checkpoint_every=1", f"run.log_interval={sync_every}")
     straight = start(train_args(tmp_path / "straight", *extra), nproc=2)
     run_dir = tmp_path / "preempted"
     proc = start(train_args(run_dir, *extra), nproc=2)
@@ -145,7 +145,7 @@ def test_sigterm_to_torchrun_stops_all_ranks_at_one_step_and_resumes_exactly(tmp
     stopped = finish(proc)
     assert "SIGTERM: saved" in stopped.stdout, stopped.stdout + stopped.stderr
     state = torch.load(run_dir / "last.pth", weights_only=True)
-    assert state["step"] % SYNC_EVERY == 0 or state["batches_done"] == 0, "ranks stop only at an agreement point"
+    assert state["step"] % sync_every == 0 or state["batches_done"] == 0, "ranks stop only at an agreement point"
     assert state["step"] < 30 and len(state["rng"]) == 2, "stopped early, with both ranks' RNG states"
     resumed = finish(start(train_args(run_dir, *extra, "--resume", "auto"), nproc=2))
     assert resumed.returncode == 0, resumed.stderr
