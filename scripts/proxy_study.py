@@ -1,11 +1,13 @@
 #!/usr/bin/env python
 """The paper's comparison at CPU scale: baseline vs PGT, BN and non-BN ResNet-18, several seeds, then pgt-report.
 
-    python scripts/proxy_study.py [--seeds 0 1 2] [--runs-root runs/proxy] [--out report/proxy] [--dry-run]
+    python scripts/proxy_study.py [--recipes NAME ...] [--seeds 0 1 2] [--runs-root runs/proxy] [--out report/proxy]
+                                  [--dry-run]
 
-Runs every recipe in configs/proxy/ (except base.yaml) once per seed, one after another, on the generated
-demo dataset (written once, shared by all runs), each in <runs-root>/<recipe>/seed<k> with --resume auto,
-so rerunning skips finished runs. Then writes the report (mean ± std over seeds) with pgt-report.
+Runs every recipe in configs/proxy/ (except base.yaml; or only those named by --recipes) once per seed, one
+after another, on the generated demo dataset (written once, shared by all runs), each in
+<runs-root>/<recipe>/seed<k> with --resume auto, so rerunning skips finished runs. Then writes the report
+(mean ± std over seeds) with pgt-report.
 """
 from __future__ import annotations
 
@@ -26,12 +28,21 @@ PROXY = ROOT / "configs" / "proxy"
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--recipes", nargs="+", metavar="NAME",
+                   help="run only these recipes of configs/proxy/ (file names without .yaml); default: all")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--runs-root", type=Path, default=Path("runs/proxy"))
     p.add_argument("--out", type=Path, default=Path("report/proxy"))
     p.add_argument("--dry-run", action="store_true")
     args = p.parse_args(argv)
     recipes = sorted(r for r in PROXY.glob("*.yaml") if r.name != "base.yaml")
+    if args.recipes:
+        unknown = sorted(set(args.recipes) - {r.stem for r in recipes})
+        if unknown:
+            print(f"proxy_study: --recipes: no recipe {', '.join(unknown)} in {PROXY}; choose from "
+                  f"{', '.join(r.stem for r in recipes)}", file=sys.stderr)
+            return 2
+        recipes = [r for r in recipes if r.stem in args.recipes]
     start = time.perf_counter()
     for seed in args.seeds:  # seed-major: a partial study still has every recipe at the first seeds
         for recipe in recipes:
