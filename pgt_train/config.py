@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 import yaml
 
+from pgt_train.pgt import IMPLS as PGT_IMPLS
 from pgt_train.errors import UserError
 
 
@@ -89,7 +90,9 @@ class SchedConfig:
 @dataclass(frozen=True)
 class PGTConfig:
     alpha: Optional[float] = None  # in (0, 1]; None: PGT off (plain cross-entropy)
-    impl: str = "exact"  # exact | official (the paper's appendix code; right only if loss scale == N^2)
+    # exact (Eq. 8) | authors (Eq. 8 on fp16-rounded p, as the authors' fp16 runs computed it) |
+    # official (the paper's appendix hook itself; right only if loss scale == N^2). See pgt.IMPLS.
+    impl: str = "exact"
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,7 @@ CHOICES = {
     "data.loader": ("torchvision", "dali", "synthetic"),
     "data.dali_device": ("gpu", "cpu", None),
     "sched.name": ("step", "cosine"),
-    "pgt.impl": ("exact", "official"),
+    "pgt.impl": PGT_IMPLS,  # one list, kept in pgt.py beside the implementations
     "clip.mode": ("none", "norm", "value", "agc"),
     "amp.dtype": ("fp16", "bf16", "none"),
     "run.device": ("auto", "cpu", "cuda"),

@@ -8,11 +8,13 @@ probabilities, optionally label-smoothed) and 0 < α <= 1. Since p^α = exp(αz)
 the normaliser cancels and p' = softmax(α·z), so p' is computed from the logits directly
 (stable, no 0^α, no dependence on the incoming gradient). α = 1 is plain cross-entropy.
 
-Three ways in:
+Ways in:
   pgt_cross_entropy / PowerGradCrossEntropy  the loss itself (use this when you own the loss)
   attach_pgt / pgt_logits                    forward hook on an unmodified model's logits
+  authors_pgt_cross_entropy                  the authors' fp16 arithmetic: p rounded to fp16 before
+                                             the power, robustly (any dtype, loss scale, batch)
   official_pgt_cross_entropy                 the paper's appendix tensor-hook, flaws included
-build_pgt_loss(alpha, impl) picks one for the trainer.
+build_pgt_loss(alpha, impl) picks one for the trainer (impl in IMPLS: exact, authors, official).
 """
 
 import functools
@@ -22,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-IMPLS = ("exact", "official")
+IMPLS = ("exact", "authors", "official")  # pgt.impl values; config.CHOICES uses this tuple
 
 
 def check_alpha(alpha):
@@ -53,6 +55,28 @@ def power_softmax(logits, alpha):
     return torch.softmax(_upcast(logits) * alpha, dim=-1)
 
 
+def authors_power_softmax(logits, alpha):
+    """p' = p16^α / Σ_c p16^α with p16 = softmax(z) rounded to float16, in float32 (float64 for fp64 logits).
+
+    This is the arithmetic the appendix hook performed in the authors' fp16 runs: it recovered p
+    from an fp16 gradient, so every probability is on fp16's grid and those below half its
+    smallest subnormal (2^-25 ≈ 3e-8) are 0, taking no share of the flattened mass (0^α stays 0).
+    The row's largest probability is at least 1/C, far above that, so the sum is never 0.
+    Unlike power_softmax this is NOT softmax(α·z): the rounding happens before the power.
+    """
+    alpha = check_alpha(alpha)
+    z = _upcast(logits)
+    p16 = torch.softmax(z, dim=-1).half().to(z.dtype)  # the fp16 grid the hook saw, back in working precision
+    # 0 stays 0 explicitly (pow(0, α) is 0 for α > 0 anyway; this keeps it so without relying on it)
+    kept = p16 > 0
+    p_pow = torch.where(kept, torch.where(kept, p16, torch.ones_like(p16)) ** alpha, torch.zeros_like(p16))
+    return p_pow / p_pow.sum(-1, keepdim=True)
+
+
+# flattening used in _PGTCrossEntropy's backward, keyed by a string so torch.compile sees a constant
+_FLATTEN = {"exact": power_softmax, "authors": authors_power_softmax}
+
+
 def target_probs(target, num_classes, label_smoothing=0.0, dtype=torch.float32):
     """q as an (N, C) distribution from class indices (N,) or probabilities (N, C).
 
@@ -72,12 +96,12 @@ def target_probs(target, num_classes, label_smoothing=0.0, dtype=torch.float32):
 
 
 class _PGTCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy forward, (softmax(α·z) - q) / N backward."""
+    """Mean cross-entropy forward, (flatten(z, α) - q) / N backward; flatten is named by a key of _FLATTEN."""
 
     @staticmethod
-    def forward(ctx, logits, target, alpha, label_smoothing):
+    def forward(ctx, logits, target, alpha, label_smoothing, flatten="exact"):
         ctx.save_for_backward(logits, target)  # keep the logits in their own dtype; upcast in backward
-        ctx.alpha, ctx.label_smoothing = alpha, label_smoothing
+        ctx.alpha, ctx.label_smoothing, ctx.flatten = alpha, label_smoothing, flatten
         # float32 loss whatever the autocast dtype; identical to F.cross_entropy(logits.float(), ...)
         return F.cross_entropy(_upcast(logits), target, label_smoothing=label_smoothing)
 
@@ -85,11 +109,11 @@ class _PGTCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         logits, target = ctx.saved_tensors
         n, c = logits.shape
-        p_pow = power_softmax(logits, ctx.alpha)  # (N, C), fp32
+        p_pow = _FLATTEN[ctx.flatten](logits, ctx.alpha)  # (N, C), fp32 (fp64 for fp64 logits)
         q = target_probs(target, c, ctx.label_smoothing, p_pow.dtype)  # (N, C), transient like the grad
         # linear in grad_loss (loss scale, 1/accum_steps, DDP averaging all pass straight through)
         grad = (p_pow - q) * (grad_loss / n)
-        return grad.to(logits.dtype), None, None, None
+        return grad.to(logits.dtype), None, None, None, None
 
 
 def _check_logits(logits, target):
@@ -111,6 +135,21 @@ def pgt_cross_entropy(logits, target, alpha, label_smoothing=0.0):
     alpha, label_smoothing = check_alpha(alpha), _check_smoothing(label_smoothing)
     _check_logits(logits, target)
     return _PGTCrossEntropy.apply(logits, target, alpha, label_smoothing)
+
+
+def authors_pgt_cross_entropy(logits, target, alpha, label_smoothing=0.0):
+    """pgt_cross_entropy with the authors' fp16 arithmetic: gradient (p' - q) / N where
+    p' = p16^α / Σ_c p16^α and p16 = softmax(z) rounded to float16 (see authors_power_softmax).
+
+    This is what the appendix hook computed inside the authors' fp16 runs once GradScaler had
+    settled at scale N², reproduced for any dtype, batch, loss scale, accumulation or DDP: the
+    gradient is linear in the upstream gradient like pgt_cross_entropy's. Forward: plain CE.
+    With label smoothing the hook recovered p through p - q rather than p, so its rounding
+    differed from this one there; this function always rounds p itself.
+    """
+    alpha, label_smoothing = check_alpha(alpha), _check_smoothing(label_smoothing)
+    _check_logits(logits, target)
+    return _PGTCrossEntropy.apply(logits, target, alpha, label_smoothing, "authors")
 
 
 class PowerGradCrossEntropy(nn.Module):
@@ -240,12 +279,23 @@ def official_pgt_cross_entropy(logits, target, alpha, label_smoothing=0.0):
     return loss
 
 
+_LOSS_BY_IMPL = {
+    "exact": pgt_cross_entropy,
+    "authors": authors_pgt_cross_entropy,
+    "official": official_pgt_cross_entropy,
+}
+assert tuple(_LOSS_BY_IMPL) == IMPLS
+
+
 def build_pgt_loss(alpha, impl="exact", label_smoothing=0.0):
-    """The trainer's loss: (logits, target) -> scalar. alpha=None gives plain cross-entropy."""
-    if impl not in IMPLS:
+    """The trainer's loss: (logits, target) -> scalar. alpha=None gives plain cross-entropy.
+
+    impl: "exact" (Eq. 8, the default), "authors" (Eq. 8 on fp16-rounded p, as the authors' runs
+    computed it) or "official" (the appendix hook itself). Unknown names raise ValueError.
+    """
+    if impl not in _LOSS_BY_IMPL:
         raise ValueError(f"unknown PGT impl {impl!r}; valid: {', '.join(IMPLS)}")
     label_smoothing = _check_smoothing(label_smoothing)
     if alpha is None:
         return functools.partial(F.cross_entropy, label_smoothing=label_smoothing)
-    fn = pgt_cross_entropy if impl == "exact" else official_pgt_cross_entropy
-    return functools.partial(fn, alpha=check_alpha(alpha), label_smoothing=label_smoothing)
+    return functools.partial(_LOSS_BY_IMPL[impl], alpha=check_alpha(alpha), label_smoothing=label_smoothing)
