@@ -35,6 +35,7 @@ class ModelConfig:
     num_classes: int = 1000
     channels_last: Optional[bool] = None  # None: on for CUDA, off on the CPU
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP
+    init_from: Optional[str] = None  # start from these weights (.pth checkpoint or .safetensors); --init-from
 
 
 @dataclass(frozen=True)
@@ -284,6 +285,18 @@ def _build(cls, data: dict, prefix: str):
     return cls(**kwargs)
 
 
+def _float_fields(node, prefix: str = ""):
+    """(dotted key, value) of every float in the tree, tuples of floats included."""
+    for f in dataclasses.fields(node):
+        value, key = getattr(node, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            yield from _float_fields(value, f"{key}.")
+        elif isinstance(value, float):
+            yield key, value
+        elif isinstance(value, tuple):
+            yield from ((f"{key}[{i}]", v) for i, v in enumerate(value) if isinstance(v, float))
+
+
 def _validate(cfg: Config) -> None:
     def fail(key, why):
         raise ConfigError(f"{key}: {why}")
@@ -323,6 +336,11 @@ def _validate(cfg: Config) -> None:
         fail("sched.milestones", f"must be increasing positive epochs, got {list(cfg.sched.milestones)}")
     if not 0 < cfg.sched.gamma <= 1:
         fail("sched.gamma", f"must lie in (0, 1], got {cfg.sched.gamma}")
+    if not 0 <= cfg.seed < 2**63:
+        fail("seed", f"must lie in [0, 2^63), got {cfg.seed}")
+    for key, value in _float_fields(cfg):
+        if not math.isfinite(value):
+            fail(key, f"must be a finite number, got {value}")
     alpha = cfg.pgt.alpha
     if alpha is not None and not (math.isfinite(alpha) and 0 < alpha <= 1):
         fail("pgt.alpha", f"must lie in (0, 1] (or null for off), got {alpha}")
@@ -382,3 +400,65 @@ def to_dict(cfg: Config) -> dict:
 
 def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# what makes a run: the one definition that resume, pgt-report's seed groups, paper rows and baselines use
+
+# Keys that only say where and how a run executes or what it logs, never what it trains. Every other key defines
+# the run, so a key added later defines it unless it is listed here. A trailing "." names a whole section.
+NOT_DEFINING = (
+    "run.",  # folder, device, compile, progress, checkpoint cadence, non-finite patience
+    "diag.",  # diagnostics measure the model; they do not change it
+    "data.root",  # where the images lie; which data it is shows in model.num_classes, data.img_size, data.demo.*
+    "data.workers", "data.dali_device", "data.skip_corrupt",
+    # The same global batch per optimizer step. Like the GPU count (which no config records), it changes only
+    # how many images each BatchNorm sees at once.
+    "data.accum_steps",
+    "model.channels_last",  # memory layout
+)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """Nested mapping -> {"section.key": value}; lists become tuples so that settings can be compared and hashed."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def flat_settings(source: "Config | dict") -> dict:
+    """Every key of a Config, or of a saved config tree (nested or dotted), as dotted key -> value. A tree from an
+    older version gets today's defaults for the keys it lacks; keys today's Config no longer has are dropped."""
+    defaults = flatten(to_dict(Config()))
+    given = flatten(to_dict(source) if isinstance(source, Config) else source)
+    return {key: given.get(key, default) for key, default in defaults.items()}
+
+
+def is_defining(key: str) -> bool:
+    return not any(key == p or (p.endswith(".") and key.startswith(p)) for p in NOT_DEFINING)
+
+
+def _canonical(settings: dict) -> dict:
+    """Values that train the same run compare equal: which reader decodes an image folder (torchvision, dali, ...)
+    does not define the run, synthetic images do; pgt.impl means nothing while PGT is off (plain cross-entropy)."""
+    out = dict(settings)
+    out["data.loader"] = "synthetic" if out["data.loader"] == "synthetic" else "image folder"
+    if out["pgt.alpha"] is None:
+        out["pgt.impl"] = None
+    return out
+
+
+def defining_settings(source: "Config | dict") -> dict:
+    """What makes a run: dotted key -> value for every defining key, `seed` included. Two configs with the same
+    defining settings train the same run: resume requires it; pgt-report groups seeds on it less `seed`."""
+    return {key: value for key, value in _canonical(flat_settings(source)).items() if is_defining(key)}
+
+
+def diff_defining(a: "Config | dict", b: "Config | dict", *, ignore: tuple = ()) -> list[tuple[str, Any, Any]]:
+    """(key, value in a, value in b) for every defining key, less `ignore`, on which a and b differ; config order."""
+    da, db = defining_settings(a), defining_settings(b)
+    return [(key, da[key], db[key]) for key in da if key not in ignore and da[key] != db[key]]
