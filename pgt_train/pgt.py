@@ -55,26 +55,39 @@ def power_softmax(logits, alpha):
     return torch.softmax(_upcast(logits) * alpha, dim=-1)
 
 
-def authors_power_softmax(logits, alpha):
-    """p' = p16^α / Σ_c p16^α with p16 = softmax(z) rounded to float16, in float32 (float64 for fp64 logits).
+def hook_seen_probs(logits, q=None):
+    """The probabilities the appendix hook recovered in the authors' fp16 runs: q + fp16(p - q).
 
-    This is the arithmetic the appendix hook performed in the authors' fp16 runs: it recovered p
-    from an fp16 gradient, so every probability is on fp16's grid and those below half its
-    smallest subnormal (2^-25 ≈ 3e-8) are 0, taking no share of the flattened mass (0^α stays 0).
-    The row's largest probability is at least 1/C, far above that, so the sum is never 0.
-    Unlike power_softmax this is NOT softmax(α·z): the rounding happens before the power.
+    p = softmax(z) (float32, float64 for fp64 logits), q the (N, C) target distribution (None: 0).
+    With autocast the hook received the fp16 gradient s·(p - q)/N; at the loss scale s = N² that
+    GradScaler settles at (see official_pgt_cross_entropy) it divided by N and added q back, so what
+    it saw of p is p - q rounded to fp16, plus q. For a class with q = 0 that is p rounded to fp16:
+    values under 2^-25 ≈ 3e-8 become 0. For the one-hot target it is 1 + fp16(p_y - 1): p_y on a
+    2^-11 ≈ 4.9e-4 grid below 0.5, so a target probability under ~2.4e-4 also becomes 0. Returned
+    in the working dtype, clamped at 0 (soft or smoothed q off fp16's grid could round a hair below).
+    """
+    z = _upcast(logits)
+    p = torch.softmax(z, dim=-1)
+    if q is None:
+        return p.half().to(z.dtype)
+    q = q.to(z.dtype)
+    return (q + (p - q).half().to(z.dtype)).clamp_min(0.0)
+
+
+def authors_power_softmax(logits, alpha, q=None):
+    """p' = p16^α / Σ_c p16^α with p16 = hook_seen_probs(logits, q): p as the authors' fp16 hook saw it.
+
+    q = None (or all-zero) gives p16 = softmax(z) rounded to float16; with the target distribution
+    q the target class is rounded through p - q, as the hook did (see hook_seen_probs). Entries of
+    p16 that are 0 stay 0 (0^α = 0) and take no share of the flattened mass; the row's largest p is
+    at least 1/C, far above fp16's underflow, so the sum is never 0. Computed in float32 (float64
+    for fp64 logits). Unlike power_softmax this is NOT softmax(α·z): rounding comes before the power.
     """
     alpha = check_alpha(alpha)
-    z = _upcast(logits)
-    p16 = torch.softmax(z, dim=-1).half().to(z.dtype)  # the fp16 grid the hook saw, back in working precision
-    # 0 stays 0 explicitly (pow(0, α) is 0 for α > 0 anyway; this keeps it so without relying on it)
-    kept = p16 > 0
+    p16 = hook_seen_probs(logits, q)
+    kept = p16 > 0  # 0 stays 0 explicitly, without relying on pow(0, α) = 0
     p_pow = torch.where(kept, torch.where(kept, p16, torch.ones_like(p16)) ** alpha, torch.zeros_like(p16))
     return p_pow / p_pow.sum(-1, keepdim=True)
-
-
-# flattening used in _PGTCrossEntropy's backward, keyed by a string so torch.compile sees a constant
-_FLATTEN = {"exact": power_softmax, "authors": authors_power_softmax}
 
 
 def target_probs(target, num_classes, label_smoothing=0.0, dtype=torch.float32):
@@ -96,7 +109,8 @@ def target_probs(target, num_classes, label_smoothing=0.0, dtype=torch.float32):
 
 
 class _PGTCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy forward, (flatten(z, α) - q) / N backward; flatten is named by a key of _FLATTEN."""
+    """Mean cross-entropy forward, (p' - q) / N backward; p' from power_softmax, or from
+    authors_power_softmax when flatten == "authors" (a string, so torch.compile sees a constant)."""
 
     @staticmethod
     def forward(ctx, logits, target, alpha, label_smoothing, flatten="exact"):
@@ -109,8 +123,12 @@ class _PGTCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         logits, target = ctx.saved_tensors
         n, c = logits.shape
-        p_pow = _FLATTEN[ctx.flatten](logits, ctx.alpha)  # (N, C), fp32 (fp64 for fp64 logits)
-        q = target_probs(target, c, ctx.label_smoothing, p_pow.dtype)  # (N, C), transient like the grad
+        work = torch.promote_types(logits.dtype, torch.float32)  # fp32, or fp64 for fp64 logits
+        q = target_probs(target, c, ctx.label_smoothing, work)  # (N, C), transient like the grad
+        if ctx.flatten == "authors":
+            p_pow = authors_power_softmax(logits, ctx.alpha, q)
+        else:
+            p_pow = power_softmax(logits, ctx.alpha)
         # linear in grad_loss (loss scale, 1/accum_steps, DDP averaging all pass straight through)
         grad = (p_pow - q) * (grad_loss / n)
         return grad.to(logits.dtype), None, None, None, None
@@ -144,8 +162,11 @@ def authors_pgt_cross_entropy(logits, target, alpha, label_smoothing=0.0):
     This is what the appendix hook computed inside the authors' fp16 runs once GradScaler had
     settled at scale N², reproduced for any dtype, batch, loss scale, accumulation or DDP: the
     gradient is linear in the upstream gradient like pgt_cross_entropy's. Forward: plain CE.
-    With label smoothing the hook recovered p through p - q rather than p, so its rounding
-    differed from this one there; this function always rounds p itself.
+    p16 is what the hook could see: p - q rounded to fp16, plus q (hook_seen_probs), so p rounded
+    to fp16 for every class with q = 0, and the one-hot target's p_y on a 2^-11 grid. The fp16
+    rounding of the hook's later arithmetic (power, sum, division) is not reproduced: it is
+    relative noise of order 2^-11, where the rounding of p is a systematic loss of small p.
+    At α = 1 the gradient is (p16 - q)/N: close to, not equal to, cross-entropy's (p - q)/N.
     """
     alpha, label_smoothing = check_alpha(alpha), _check_smoothing(label_smoothing)
     _check_logits(logits, target)
