@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pgt_train import config
 from pgt_train.errors import UserError
 
 FORMAT = "pgt-train/1"
@@ -151,23 +152,19 @@ def capture(*, model: nn.Module, optimizer, scheduler, scaler, epoch: int, step:
     }
 
 
-# Keys that must match for a resume to continue the same optimisation (others, e.g. run.dir, may change).
-# The optimizer's and scheduler's saved state carry LR, momentum and decay, so an override of them on
-# resume would be silently ignored: refuse it instead.
-RESUME_KEYS = ("model.name", "model.num_classes", "model.norm", "data.batch_size", "optim.lr", "optim.momentum",
-               "optim.nesterov", "optim.weight_decay", "sched.name", "sched.epochs", "sched.warmup_epochs",
-               "sched.warmup_lr", "sched.milestones", "sched.gamma", "sched.min_lr")
-
-
 def check_compatible(saved: dict, current: dict, *, source: str) -> None:
-    def get(tree, dotted):
-        for part in dotted.split("."):
-            tree = tree.get(part, {}) if isinstance(tree, dict) else {}
-        return tree
-    for key in RESUME_KEYS:
-        if get(saved, key) != get(current, key):
-            raise CheckpointError(f"{source} was trained with {key}={get(saved, key)!r} but the config has "
-                                  f"{get(current, key)!r}; resume with the run's own config.yaml or start a new run.dir")
+    """Refuses to continue a run under different defining settings (config.defining_settings): the run would
+    silently become another experiment, and the saved optimizer and scheduler state would override some changes
+    anyway. A key the saved config lacks (an older version) counts as its default. sched.epochs may not grow
+    either: a resumed schedule continues the saved one; a longer schedule is a new run (--init-from)."""
+    diffs = config.diff_defining(saved, current)
+    if not diffs:
+        return
+    changes = "; ".join(f"{key}={old!r} but the config has {new!r}" for key, old, new in diffs)
+    longer = (f"; to train longer, start a new run from its weights with --init-from {source}"
+              if any(key == "sched.epochs" for key, _, _ in diffs) else "")
+    raise CheckpointError(f"{source} was trained with {changes}; resume with the run's own settings (its "
+                          f"config.yaml) or start a new run.dir{longer}")
 
 
 def restore(state: dict, *, model: nn.Module, optimizer, scheduler, scaler, rank: int, source: str,
