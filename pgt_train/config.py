@@ -36,6 +36,9 @@ class ModelConfig:
     channels_last: Optional[bool] = None  # None: on for CUDA, off on the CPU
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP
     init_from: Optional[str] = None  # start from these weights (.pth checkpoint or .safetensors); --init-from
+    # timm's default zero-inits the last BN gamma of every residual branch; the authors' code never did
+    # (its guard tests the norm layer's class as if it were an instance: configs/reading/code.yaml)
+    zero_init_last: bool = True
 
 
 @dataclass(frozen=True)
@@ -79,13 +82,18 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class SchedConfig:
-    name: str = "cosine"  # step | cosine; both updated every iteration
-    epochs: int = 100  # total, warmup included
+    name: str = "cosine"  # step | cosine
+    epochs: int = 100  # total, warmup and cooldown included
     warmup_epochs: int = 5  # linear from warmup_lr to optim.lr
     warmup_lr: float = 4e-4
     milestones: tuple[int, ...] = (30, 60, 90)  # step only: epochs (counted from 0, warmup included)
     gamma: float = 0.1  # step only: LR factor at each milestone
-    min_lr: float = 0.0  # cosine only: LR at the end
+    min_lr: float = 0.0  # cosine only: LR at the end of the cosine (and through the cooldown)
+    update: str = "step"  # step: LR set every optimizer step | epoch: held for each epoch (timm's t_in_epochs)
+    cooldown_epochs: int = 0  # cosine only: the last N of `epochs` held at min_lr (timm's cooldown)
+    # cosine only. true: the cosine starts when warmup ends and spans the epochs left; false: the cosine is
+    # a function of the epoch counted from 0 and warmup overwrites its first warmup_epochs (timm's default)
+    warmup_prefix: bool = True
 
 
 @dataclass(frozen=True)
@@ -150,6 +158,7 @@ CHOICES = {
     "data.loader": ("torchvision", "dali", "synthetic"),
     "data.dali_device": ("gpu", "cpu", None),
     "sched.name": ("step", "cosine"),
+    "sched.update": ("step", "epoch"),
     "pgt.impl": PGT_IMPLS,  # one list, kept in pgt.py beside the implementations
     "clip.mode": ("none", "norm", "value", "agc"),
     "amp.dtype": ("fp16", "bf16", "none"),
@@ -297,6 +306,18 @@ def _float_fields(node, prefix: str = ""):
             yield from ((f"{key}[{i}]", v) for i, v in enumerate(value) if isinstance(v, float))
 
 
+def _validate_sched(s: SchedConfig) -> None:
+    if s.warmup_epochs >= s.epochs:
+        raise ConfigError(f"sched.warmup_epochs: {s.warmup_epochs} must be below sched.epochs ({s.epochs})")
+    if s.name == "cosine" and s.warmup_epochs + s.cooldown_epochs >= s.epochs:
+        raise ConfigError(f"sched.cooldown_epochs: warmup ({s.warmup_epochs}) + cooldown ({s.cooldown_epochs}) leave "
+                          f"no cosine epochs in sched.epochs ({s.epochs}); the cooldown is counted inside sched.epochs")
+    if list(s.milestones) != sorted(set(s.milestones)) or any(m <= 0 for m in s.milestones):
+        raise ConfigError(f"sched.milestones: must be increasing positive epochs, got {list(s.milestones)}")
+    if not 0 < s.gamma <= 1:
+        raise ConfigError(f"sched.gamma: must lie in (0, 1], got {s.gamma}")
+
+
 def _validate(cfg: Config) -> None:
     def fail(key, why):
         raise ConfigError(f"{key}: {why}")
@@ -320,6 +341,7 @@ def _validate(cfg: Config) -> None:
     for key, value in {"data.workers": cfg.data.workers, "run.checkpoint_every": cfg.run.checkpoint_every,
                        "diag.interval": cfg.diag.interval, "diag.zero_threshold": cfg.diag.zero_threshold,
                        "sched.warmup_epochs": cfg.sched.warmup_epochs,
+                       "sched.cooldown_epochs": cfg.sched.cooldown_epochs,
                        "optim.weight_decay": cfg.optim.weight_decay, "sched.warmup_lr": cfg.sched.warmup_lr,
                        "sched.min_lr": cfg.sched.min_lr}.items():
         if value < 0:
@@ -330,12 +352,7 @@ def _validate(cfg: Config) -> None:
         fail("optim.momentum", f"must lie in [0, 1), got {cfg.optim.momentum}")
     if cfg.optim.nesterov and cfg.optim.momentum == 0:
         fail("optim.nesterov", "Nesterov needs optim.momentum > 0")
-    if cfg.sched.warmup_epochs >= cfg.sched.epochs:
-        fail("sched.warmup_epochs", f"{cfg.sched.warmup_epochs} must be below sched.epochs ({cfg.sched.epochs})")
-    if list(cfg.sched.milestones) != sorted(set(cfg.sched.milestones)) or any(m <= 0 for m in cfg.sched.milestones):
-        fail("sched.milestones", f"must be increasing positive epochs, got {list(cfg.sched.milestones)}")
-    if not 0 < cfg.sched.gamma <= 1:
-        fail("sched.gamma", f"must lie in (0, 1], got {cfg.sched.gamma}")
+    _validate_sched(cfg.sched)
     if not 0 <= cfg.seed < 2**63:
         fail("seed", f"must lie in [0, 2^63), got {cfg.seed}")
     for key, value in _float_fields(cfg):
@@ -374,14 +391,36 @@ def from_dict(tree: dict) -> Config:
     return cfg
 
 
-def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
-    """Resolves a recipe file (with its bases) plus dotted overrides into a validated Config."""
+READINGS = ("paper", "code")  # configs/reading/<name>.yaml: the paper's words, the authors' code
+READINGS_DIR = Path(__file__).resolve().parents[1] / "configs" / "reading"
+
+
+def reading_path(name: str) -> Path:
+    """The overlay file of a named reading (`--reading paper|code`)."""
+    if name not in READINGS:
+        raise ConfigError(f"--reading: '{name}' is not one of: {', '.join(READINGS)}")
+    path = READINGS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"--reading {name}: {path} not found (the readings live in the repository's configs/reading/)")
+    return path
+
+
+def load(path: str | Path | None, overrides: list[str] = (), overlays: list[str | Path] = ()) -> Config:
+    """Resolves a recipe file (with its bases), then overlay files, then dotted overrides into a validated Config.
+
+    An overlay is a recipe-like YAML (its own `base:` allowed) merged over the whole recipe, e.g. a reading
+    (configs/reading/code.yaml) that any table row can take; overrides still win over it.
+    """
     tree = _load_tree(Path(path)) if path is not None else {}
+    for overlay in overlays:
+        tree = _merge(tree, _load_tree(Path(overlay)))
     for item in overrides:
         tree = _apply_override(tree, item)
     try:
         return from_dict(tree)
     except ConfigError as e:
+        if overlays:
+            path = f"{path or 'defaults'} + {' + '.join(str(o) for o in overlays)}"
         if overrides:
             raise ConfigError(f"{e} [from {path or 'defaults'} with overrides {' '.join(overrides)}]") from None
         raise ConfigError(f"{e} [in {path}]" if path else str(e)) from None

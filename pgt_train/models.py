@@ -14,21 +14,25 @@ def count_norm_layers(model: nn.Module) -> int:
     return sum(isinstance(m, NORM_TYPES) for m in model.modules())
 
 
-def build_model(name: str, *, num_classes: int, norm: str = "bn") -> nn.Module:
+def build_model(name: str, *, num_classes: int, norm: str = "bn", zero_init_last: bool = True) -> nn.Module:
     """timm.create_model with random init (nothing is downloaded).
 
     norm="none" passes norm_layer=nn.Identity, which timm's ResNet family (resnet*, seresnet*) accepts;
-    its init then skips the zero-init of the last BN gamma, as there is none.
+    its init then skips the zero-init of the last BN gamma, as there is none. zero_init_last=False keeps
+    that gamma at 1 (timm's ResNet zero_init_last argument), as the authors' code effectively did.
     """
     if name not in timm.list_models():
         near = timm.list_models(f"*{name}*")[:5]
         hint = f" (similar: {', '.join(near)})" if near else ""
         raise ConfigError(f"model.name: '{name}' is not a timm model{hint}")
     kwargs = {"norm_layer": nn.Identity} if norm == "none" else {}
+    if not zero_init_last:  # passed only when off: models outside the ResNet family do not take it
+        kwargs["zero_init_last"] = False
     try:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     except TypeError as e:
-        raise ConfigError(f"model.norm: none needs a model that takes norm_layer (timm ResNets); {name}: {e}") from None
+        key = "model.norm: none" if norm == "none" else "model.zero_init_last: false"
+        raise ConfigError(f"{key} needs a model that takes {', '.join(kwargs)} (timm ResNets); {name}: {e}") from None
     if norm == "none" and count_norm_layers(model):
         raise ConfigError(f"model.norm: none: {name} still has {count_norm_layers(model)} norm layers")
     return model

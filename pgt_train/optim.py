@@ -1,4 +1,4 @@
-"""SGD with timm's parameter groups, and warmup + step/cosine schedules stepped every iteration."""
+"""SGD with timm's parameter groups, and warmup + step/cosine schedules set every iteration or every epoch."""
 from __future__ import annotations
 
 import torch
@@ -6,6 +6,8 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler
 from timm.scheduler.scheduler import Scheduler
 from torch import nn
+
+from pgt_train.config import SchedConfig
 
 
 def build_optimizer(model: nn.Module, *, lr: float, momentum: float, nesterov: bool, weight_decay: float,
@@ -21,25 +23,65 @@ def build_optimizer(model: nn.Module, *, lr: float, momentum: float, nesterov: b
     )
 
 
+class EpochHeldSchedule:
+    """A schedule built in epoch units, set once per epoch: step_update(global step) uses the epoch index.
+
+    timm's t_in_epochs=True behaviour (the authors' train.py steps its scheduler once per epoch), behind the
+    per-iteration step_update(step) the engine calls; state_dict/load_state_dict pass through for checkpoints.
+    """
+
+    def __init__(self, inner: Scheduler, steps_per_epoch: int):
+        self.inner, self.steps_per_epoch = inner, steps_per_epoch
+
+    def step_update(self, num_updates: int, metric=None) -> None:
+        self.inner.step_update(num_updates // self.steps_per_epoch, metric)
+
+    def state_dict(self) -> dict:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state)
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, *, name: str, epochs: int, warmup_epochs: int,
                     warmup_lr: float, milestones: tuple[int, ...], gamma: float, min_lr: float,
-                    steps_per_epoch: int) -> Scheduler:
-    """Per-iteration schedule: call .step_update(global_step) before each optimizer step.
+                    steps_per_epoch: int, update: str = "step", cooldown_epochs: int = 0,
+                    warmup_prefix: bool = True) -> Scheduler | EpochHeldSchedule:
+    """Call .step_update(global_step) before each optimizer step.
 
-    Warmup is linear from warmup_lr over warmup_epochs. cosine decays from the peak to min_lr over the
-    remaining epochs (timm's warmup_prefix). step multiplies by gamma at each milestone epoch, milestones
-    counted from the start of training, warmup included, as the paper's 30/60/90.
+    Warmup is linear from warmup_lr over warmup_epochs. cosine decays from the peak to min_lr and holds
+    min_lr for the last cooldown_epochs (counted inside `epochs`, as timm's 90 + 10 cooldown = 100); with
+    warmup_prefix the cosine starts when warmup ends, without it the cosine is a function of the epoch from 0
+    and warmup overwrites its start (timm's default). step multiplies by gamma at each milestone epoch,
+    milestones counted from the start of training, warmup included, as the paper's 30/60/90 (no cooldown).
+    update="step" sets the LR every optimizer step; "epoch" holds each epoch at the schedule's value at its start.
     """
-    warmup_steps = warmup_epochs * steps_per_epoch
-    common = dict(warmup_t=warmup_steps, warmup_lr_init=warmup_lr, t_in_epochs=False)
+    unit = steps_per_epoch if update == "step" else 1  # schedule time steps per epoch
+    common = dict(warmup_t=warmup_epochs * unit, warmup_lr_init=warmup_lr, t_in_epochs=False)
     if name == "cosine":
-        return CosineLRScheduler(optimizer, t_initial=(epochs - warmup_epochs) * steps_per_epoch,
-                                 lr_min=min_lr, warmup_prefix=True, **common)
-    if name == "step":
+        cosine_epochs = epochs - cooldown_epochs - (warmup_epochs if warmup_prefix else 0)
+        sched = CosineLRScheduler(optimizer, t_initial=cosine_epochs * unit, lr_min=min_lr,
+                                  warmup_prefix=warmup_prefix, cycle_limit=1, **common)
+    elif name == "step":
         # timm applies milestone m at schedule index m - 1; +1 makes epoch 30's first step the first decayed one.
-        return MultiStepLRScheduler(optimizer, decay_t=[m * steps_per_epoch + 1 for m in milestones],
-                                    decay_rate=gamma, warmup_prefix=False, **common)
-    raise ValueError(f"unknown schedule '{name}' (valid: step, cosine)")
+        sched = MultiStepLRScheduler(optimizer, decay_t=[m * unit + 1 for m in milestones],
+                                     decay_rate=gamma, warmup_prefix=False, **common)
+    else:
+        raise ValueError(f"unknown schedule '{name}' (valid: step, cosine)")
+    if update == "step":
+        return sched
+    if update == "epoch":
+        return EpochHeldSchedule(sched, steps_per_epoch)
+    raise ValueError(f"unknown sched.update '{update}' (valid: step, epoch)")
+
+
+def scheduler_from_config(optimizer: torch.optim.Optimizer, sched: SchedConfig, *,
+                          steps_per_epoch: int) -> Scheduler | EpochHeldSchedule:
+    """build_scheduler from the run's `sched:` section, every key passed (new keys need no caller change)."""
+    return build_scheduler(optimizer, name=sched.name, epochs=sched.epochs, warmup_epochs=sched.warmup_epochs,
+                           warmup_lr=sched.warmup_lr, milestones=sched.milestones, gamma=sched.gamma,
+                           min_lr=sched.min_lr, steps_per_epoch=steps_per_epoch, update=sched.update,
+                           cooldown_epochs=sched.cooldown_epochs, warmup_prefix=sched.warmup_prefix)
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:

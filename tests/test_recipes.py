@@ -26,7 +26,8 @@ def rel(path: Path) -> str:
 
 def test_every_config_loads():
     files = [p for p in CONFIGS.rglob("*.yaml")
-             if rel(p) not in ("configs/demo.yaml", "configs/paper/index.yaml") and "proxy" not in p.parts]
+             if rel(p) not in ("configs/demo.yaml", "configs/paper/index.yaml")
+             and "proxy" not in p.parts and "reading" not in p.parts]  # readings are overlays, tested below
     assert len(files) > 40
     for path in files:
         config.load(path)
@@ -118,3 +119,45 @@ def test_grid(name):
         cfg = config.load(ROOT / spec["recipe"], [*spec["overrides"], f"pgt.alpha={alpha}"])
         assert cfg.model.name == name and cfg.sched.epochs == 50 and cfg.pgt.alpha == alpha
         assert cfg.sched.name == "cosine" and cfg.sched.warmup_epochs == SETUP["warmup_epochs"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The two readings (configs/reading/): overlays any recipe takes
+
+
+def leaf_lines(path: Path) -> dict[str, str]:
+    """dotted key -> the key's line plus the comment lines just above it (where the source is named)."""
+    out, comments, section = {}, [], None
+    for line in path.read_text().splitlines():
+        if line.lstrip().startswith("#"):
+            comments.append(line)
+        elif line and not line.startswith(" ") and line.rstrip().endswith(":"):
+            section, comments = line.rstrip()[:-1], []
+        elif line.strip():
+            out[f"{section}.{line.split(':')[0].strip()}"] = "\n".join([*comments, line])
+            comments = []
+    return out
+
+
+def changed(a: config.Config, b: config.Config) -> set[str]:
+    return {k for k, v in config.flatten(config.to_dict(a)).items() if config.flatten(config.to_dict(b))[k] != v}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_paper_reading_is_every_recipe_and_code_reading_changes_only_its_keys(recipe):
+    plain = config.load(recipe)
+    assert config.load(recipe, overlays=[config.reading_path("paper")]) == plain  # today's recipes are the paper's
+    code = config.load(recipe, overlays=[config.reading_path("code")])
+    assert changed(code, plain) <= set(leaf_lines(CONFIGS / "reading" / "code.yaml"))
+    assert code.pgt.impl == "authors" and code.optim.lr == 0.1 and code.sched.update == "epoch"
+
+
+def test_each_reading_key_names_its_source():
+    paper = leaf_lines(CONFIGS / "reading" / "paper.yaml")
+    code = leaf_lines(CONFIGS / "reading" / "code.yaml")
+    assert set(code) == set(paper) | {"optim.lr"}  # optim.lr: the recipe's own under the paper reading
+    for key, text in paper.items():
+        assert "Sec. " in text or "paper silent" in text, key
+    for key, text in code.items():
+        assert any(f"{f}:" in text for f in ("README.md", "train.py", "parser.py", "resnet.py", "_lr.py",
+                                            "scheduler_factory.py")), key
