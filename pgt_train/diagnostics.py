@@ -76,7 +76,7 @@ class Diagnostics:
         self.last["train_logit_norm"] = float(logits.float().norm(dim=1).mean())
         self.writer.histogram("feature_norm/pooled", f_norms, step)
         self.writer.scalars({"zeroed_features/pooled": self.last["zeroed_features"],
-                             "train/logit_norm": self.last["train_logit_norm"]}, step)
+                             "train_step/logit_norm": self.last["train_logit_norm"]}, step)  # x = step
 
     def epoch_end(self) -> dict:
         """Latest totals for summary.csv; rewrites the norm series file (small: float16)."""

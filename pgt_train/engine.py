@@ -22,7 +22,7 @@ from pgt_train.optim import current_lr
 
 
 class NonFiniteLoss(RuntimeError):
-    """The loss stayed NaN/inf for too many consecutive steps; the run must stop."""
+    """The loss stayed NaN/inf too long, or the weights became non-finite; the run must stop."""
 
 
 @dataclass
@@ -54,20 +54,67 @@ def clip_parameters(model: torch.nn.Module, mode: str) -> list[torch.nn.Paramete
     return params
 
 
+class EpochTotals:
+    """One epoch's running sums on the device, plus its training time on the host.
+
+    sums = [Σ loss·n over micro-batches with a finite loss, top-1 hits, images, images with a finite loss].
+    A mid-epoch checkpoint carries them (summed over ranks) so a resumed epoch's summary row still covers
+    the whole epoch; `nonfinite_run` (consecutive non-finite losses) lives in the trainer across epochs.
+    """
+
+    def __init__(self, device: torch.device, saved: Optional[dict] = None):
+        self.sums = torch.zeros(4, device=device, dtype=torch.float64)
+        self.elapsed_s = 0.0
+        if saved:  # rank 0 resumes with every rank's sums; the others start from zero: their sum is the total
+            self.sums += saved["sums"].to(device=device, dtype=torch.float64)
+            self.elapsed_s = float(saved["elapsed_s"])
+
+    def state_dict(self) -> dict:
+        """Summed over ranks (a collective: every rank must call it)."""
+        return {"sums": all_reduce_sum(self.sums.clone()).cpu(), "elapsed_s": self.elapsed_s}
+
+    def metrics(self) -> dict:
+        """Reduced over ranks (a collective). train_loss is NaN when no micro-batch had a finite loss."""
+        loss_sum, correct, count, finite = all_reduce_sum(self.sums.clone()).tolist()
+        return {"train_loss": loss_sum / finite if finite else float("nan"),
+                "train_top1": 100 * correct / max(count, 1), "train_images": int(count),
+                "train_nonfinite_images": int(count - finite),
+                "train_img_per_s": count / max(self.elapsed_s, 1e-9)}  # all ranks' images
+
+
+def _accumulate(totals: EpochTotals, nonfinite_run: torch.Tensor, loss: torch.Tensor, logits: torch.Tensor,
+                targets: torch.Tensor) -> None:
+    """Device-side only: python scalars go in as kernel arguments, no host copies."""
+    with torch.no_grad():
+        finite = torch.isfinite(loss)
+        nonfinite_run.copy_(torch.where(finite, 0, nonfinite_run + 1))
+        n = targets.shape[0]
+        totals.sums[0] += torch.where(finite, loss.detach().double() * n, 0.0)
+        totals.sums[1] += (logits.argmax(1) == targets).sum()
+        totals.sums[2] += n
+        totals.sums[3] += finite.double() * n
+
+
+def check_nonfinite(nonfinite_run: torch.Tensor, limit: int, where: str) -> None:
+    """Raises NonFiniteLoss once `limit` consecutive losses were NaN/inf (one host sync)."""
+    count = int(nonfinite_run)
+    if count >= limit:
+        raise NonFiniteLoss(f"loss was not finite for {count} consecutive micro-batches ({where})")
+
+
 def train_one_epoch(model: torch.nn.Module, loader: Iterable, loss_fn: Callable, optimizer: torch.optim.Optimizer,
                     scheduler, scaler: torch.amp.GradScaler, *, device: torch.device, epoch: int, start_step: int,
-                    steps: int, opts: StepOptions, clip_params: list, progress: bool = False,
+                    steps: int, opts: StepOptions, clip_params: list, totals: EpochTotals,
+                    nonfinite_run: torch.Tensor, progress: bool = False,
                     on_step: Optional[Callable[[int], bool]] = None) -> dict:
-    """Trains `steps` optimizer steps of `opts.accum_steps` micro-batches each.
+    """Trains `steps` optimizer steps of `opts.accum_steps` micro-batches each, adding to `totals`.
 
-    start_step is the global optimizer-step count before this epoch (the scheduler is per iteration).
+    start_step is the global optimizer-step count before these steps (the scheduler is per iteration).
+    nonfinite_run: 0-dim int64 device tensor, consecutive non-finite losses, carried across epochs.
     on_step(global_step) runs after every optimizer step on the host (no sync); returning True stops
     the epoch early (preemption). Returns this epoch's metrics, summed over all ranks.
     """
     model.train()
-    # [sum of loss * n, correct top-1, n] on the device; consecutive non-finite losses likewise
-    sums = torch.zeros(3, device=device, dtype=torch.float64)
-    nonfinite_run = torch.zeros((), device=device, dtype=torch.int64)
     step, micro, stopped = start_step, 0, False
     bar = tqdm(total=steps, desc=f"epoch {epoch}", disable=not progress, dynamic_ncols=True, leave=False)
     start = time.perf_counter()
@@ -81,31 +128,18 @@ def train_one_epoch(model: torch.nn.Module, loader: Iterable, loss_fn: Callable,
                 loss = loss_fn(logits, targets)
             scaler.scale(loss / opts.accum_steps).backward()
         micro += 1
-        with torch.no_grad():  # device-side only: python scalars go in as kernel arguments, no copies
-            finite = torch.isfinite(loss)
-            nonfinite_run = torch.where(finite, 0, nonfinite_run + 1)
-            n = targets.shape[0]
-            sums[0] += torch.where(finite, loss.detach().double() * n, 0.0)
-            sums[1] += (logits.argmax(1) == targets).sum()
-            sums[2] += n
+        _accumulate(totals, nonfinite_run, loss, logits, targets)
         if not final_micro:
             continue
-        if opts.clip_mode != "none":
-            scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
-            dispatch_clip_grad(clip_params, opts.clip_value, mode=opts.clip_mode)
-        scaler.step(optimizer)  # skipped by the scaler when fp16 gradients overflowed
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        _optimizer_step(optimizer, scaler, opts, clip_params)
         step += 1
         scheduler.step_update(step)
         bar.update(1)
         if step % opts.log_interval == 0:
-            loss_sum, correct, count = sums.tolist()  # the only host sync inside the epoch
-            bar.set_postfix(loss=f"{loss_sum / max(count, 1):.3f}", top1=f"{100 * correct / max(count, 1):.1f}",
+            loss_sum, correct, count, finite = totals.sums.tolist()  # the only host sync inside the epoch
+            bar.set_postfix(loss=f"{loss_sum / max(finite, 1):.3f}", top1=f"{100 * correct / max(count, 1):.1f}",
                             lr=f"{current_lr(optimizer):.4g}")
-            if int(nonfinite_run) >= opts.max_nonfinite_steps:
-                raise NonFiniteLoss(f"loss was not finite for {int(nonfinite_run)} consecutive steps "
-                                    f"(epoch {epoch}, step {step})")
+            check_nonfinite(nonfinite_run, opts.max_nonfinite_steps, f"epoch {epoch}, step {step}")
         if on_step is not None and on_step(step):
             stopped = True
             break
@@ -114,13 +148,17 @@ def train_one_epoch(model: torch.nn.Module, loader: Iterable, loss_fn: Callable,
     bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    elapsed = time.perf_counter() - start
-    loss_sum, correct, count = all_reduce_sum(sums).tolist()
-    return {
-        "train_loss": loss_sum / max(count, 1), "train_top1": 100 * correct / max(count, 1),
-        "train_images": int(count), "train_img_per_s": count / max(elapsed, 1e-9),  # all ranks' images
-        "lr": current_lr(optimizer), "step": step, "stopped": stopped,
-    }
+    totals.elapsed_s += time.perf_counter() - start
+    return {**totals.metrics(), "lr": current_lr(optimizer), "step": step, "stopped": stopped}
+
+
+def _optimizer_step(optimizer, scaler: torch.amp.GradScaler, opts: StepOptions, clip_params: list) -> None:
+    if opts.clip_mode != "none":
+        scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
+        dispatch_clip_grad(clip_params, opts.clip_value, mode=opts.clip_mode)
+    scaler.step(optimizer)  # skipped by the scaler when fp16 gradients overflowed
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
 
 
 @torch.no_grad()

@@ -5,12 +5,14 @@ Epochs are counted from 1 in every output: the row of epoch 1 holds the first ep
 from __future__ import annotations
 
 import csv
+import shutil
+import time
 from pathlib import Path
 
 SUMMARY_COLUMNS = [
     "epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "val_images",
     "train_img_per_s", "epoch_time_s", "logit_norm", "logit_mean", "logit_max", "logit_var",
-    "train_logit_norm", "zeroed_filters", "zeroed_features", "corrupt_images",
+    "train_logit_norm", "zeroed_filters", "zeroed_features", "corrupt_images", "train_nonfinite_images",
 ]
 
 
@@ -33,7 +35,13 @@ class RunWriter:
         from torch.utils.tensorboard import SummaryWriter
         self.tb = SummaryWriter(log_dir=str(Path(run_dir) / "tb"), purge_step=completed_epochs + 1 if completed_epochs else None)
         # After a resume, rows of epochs that will be trained again are dropped: one row per epoch, none repeated.
-        kept = [r for r in read_summary(self.summary_path) if int(r["epoch"]) <= completed_epochs]
+        rows = read_summary(self.summary_path)
+        kept = [r for r in rows if str(r.get("epoch", "")).isdigit() and int(r["epoch"]) <= completed_epochs]
+        if len(kept) < len(rows):  # rows past the checkpoint, or malformed ones: the file is copied, never lost
+            backup = self.summary_path.with_name(f"summary.csv.before-resume-{int(time.time())}")
+            shutil.copy2(self.summary_path, backup)
+            print(f"warning: {self.summary_path}: {len(rows) - len(kept)} row(s) after epoch {completed_epochs} or "
+                  f"without an epoch number are dropped from it; the whole file is kept as {backup.name}")
         self._rewrite(kept)
 
     def _rewrite(self, rows: list[dict]) -> None:
@@ -71,8 +79,9 @@ class RunWriter:
 
 
 def _tb_tag(key: str) -> str:
+    """Epoch-level tags (x = epoch). Step-level series (diagnostics) use other tags: one x-axis per tag."""
     split, _, name = key.partition("_")
-    return f"{split}/{name}" if split in ("train", "val", "logit") and name else f"misc/{key}"
+    return f"{split}/{name}" if split in ("train", "val", "logit") and name else f"epoch/{key}"
 
 
 def _fmt(value):

@@ -72,8 +72,8 @@ def weights(run_dir):
 
 
 def initial_weights():
-    from pgt_train import cli, models
-    cli.seed_everything(0)  # what the trainer does before building the model (seed: 0)
+    from pgt_train import models, trainer
+    trainer.seed_all(0)  # what the trainer does before building the model (seed: 0)
     return models.build_model("resnet18", num_classes=10, norm="none").state_dict()
 
 

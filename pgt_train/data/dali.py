@@ -120,6 +120,10 @@ class DaliLoader:
     def __len__(self) -> int:
         return self.batches
 
+    def take_corrupt_count(self) -> int:
+        """Always 0: DALI's decoder fails the pipeline on an unreadable file instead of skipping it."""
+        return 0
+
     def _read(self):
         self.position += 1
         return self.pipe.run()
