@@ -155,7 +155,7 @@ class Config:
 
 CHOICES = {
     "model.norm": ("bn", "none"),
-    "data.loader": ("torchvision", "dali", "synthetic"),
+    "data.loader": ("torchvision", "nvjpeg", "dali", "synthetic"),
     "data.dali_device": ("gpu", "cpu", None),
     "sched.name": ("step", "cosine"),
     "sched.update": ("step", "epoch"),

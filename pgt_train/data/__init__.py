@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from pgt_train.config import DataConfig
+from pgt_train.data.base import Loader  # noqa: F401  (the loader contract)
 from pgt_train.dist import DistInfo, barrier
 from pgt_train.errors import UserError
 
@@ -41,7 +42,7 @@ def prepare_demo(cfg: DataConfig, dist: DistInfo) -> None:
 
 
 def build_loaders(cfg: DataConfig, *, num_classes: int, seed: int, dist: DistInfo, channels_last: bool):
-    """Returns (train_loader, val_loader) for data.loader: torchvision | synthetic | dali."""
+    """Returns (train_loader, val_loader) for data.loader: torchvision | nvjpeg | synthetic | dali."""
     batch = per_rank_batch(cfg.batch_size, dist.world_size, cfg.accum_steps)
     if cfg.loader == "dali":
         from pgt_train.data.dali import build_dali_loaders
@@ -52,13 +53,16 @@ def build_loaders(cfg: DataConfig, *, num_classes: int, seed: int, dist: DistInf
         from pgt_train.data.synthetic import SyntheticImages
         train_set = SyntheticImages(cfg.train_size, num_classes=num_classes, img_size=cfg.img_size, seed=seed)
         val_set = SyntheticImages(cfg.val_size, num_classes=num_classes, img_size=cfg.img_size, seed=seed + 1)
-    elif cfg.loader == "torchvision":
+    elif cfg.loader in ("torchvision", "nvjpeg"):
         from pgt_train.data.folder import build_datasets
+        if cfg.loader == "nvjpeg":  # workers read bytes; batches are decoded on dist.device (gpu_decode.py)
+            from pgt_train.data.gpu_decode import NvjpegLoader as TorchLoader  # noqa: F811
+            from pgt_train.data.gpu_decode import build_encoded_datasets as build_datasets  # noqa: F811
         train_set, val_set = build_datasets(cfg.root, num_classes=num_classes, img_size=cfg.img_size,
                                             val_resize=cfg.val_resize, crop_scale=cfg.crop_scale,
                                             crop_ratio=cfg.crop_ratio, seed=seed)
     else:
-        raise ValueError(f"unknown data.loader '{cfg.loader}' (valid: torchvision, dali, synthetic)")
+        raise ValueError(f"unknown data.loader '{cfg.loader}' (valid: torchvision, nvjpeg, dali, synthetic)")
     if len(train_set) < batch * dist.world_size:
         raise UserError(f"the training set has {len(train_set)} images, fewer than one global batch "
                         f"({cfg.batch_size}); lower data.batch_size")
