@@ -37,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--init-from", metavar="CKPT", help="start a NEW run from these weights (a .pth checkpoint or an "
                    "exported .safetensors); same as model.init_from=CKPT: optimizer, schedule and counters start fresh")
     p.add_argument("--run-epochs", type=int, metavar="N", help="train at most N epochs in this invocation, then exit 0")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides may come before or after the options
     if args.init_from:
         args.overrides.append(f"model.init_from={args.init_from}")
     return args

@@ -24,6 +24,13 @@ def feature_norms(features: torch.Tensor) -> torch.Tensor:
     return features.detach().flatten(1).float().norm(dim=0) / features.shape[0] ** 0.5
 
 
+def histogram(writer, tag: str, values: torch.Tensor, step: int) -> None:
+    """TensorBoard refuses a histogram without finite values; a diverged run must still log and stop cleanly."""
+    finite = values[torch.isfinite(values)]
+    if finite.numel():
+        writer.histogram(tag, finite, step)
+
+
 class Diagnostics:
     def __init__(self, model: nn.Module, *, interval: int, zero_threshold: float, writer, run_dir: Path, log,
                  start_step: int = 0):
@@ -59,7 +66,7 @@ class Diagnostics:
         self.series["step"].append(step)
         for name, n in norms.items():
             self.series.setdefault(name, []).append(n.half().numpy())
-            self.writer.histogram(f"filter_norm/{name}", n, step)
+            histogram(self.writer, f"filter_norm/{name}", n, step)
             self.writer.scalars({f"zeroed_filters/{name}": zeroed[name]}, step)
             if zeroed[name] == n.numel() and name not in self.dead_layers:
                 self.dead_layers.add(name)
@@ -74,7 +81,7 @@ class Diagnostics:
         f_norms = feature_norms(features).cpu()
         self.last["zeroed_features"] = int((f_norms < self.threshold).sum())
         self.last["train_logit_norm"] = float(logits.float().norm(dim=1).mean())
-        self.writer.histogram("feature_norm/pooled", f_norms, step)
+        histogram(self.writer, "feature_norm/pooled", f_norms, step)
         self.writer.scalars({"zeroed_features/pooled": self.last["zeroed_features"],
                              "train_step/logit_norm": self.last["train_logit_norm"]}, step)  # x = step
 
