@@ -60,6 +60,7 @@ def final(run_dir, column):
     return float(read_csv(run_dir / "summary.csv")[-1][column])
 
 
+@pytest.mark.slow
 def test_report_of_real_runs(tiny_runs, report):
     md = (report / "report.md").read_text()
     rows = {r["group"]: r for r in read_csv(report / "report.csv")}
@@ -75,6 +76,7 @@ def test_report_of_real_runs(tiny_runs, report):
     assert pgt["alpha"] == "0.3" and rows["base"]["alpha"] == "" and pgt["seeds"] == "1"
 
 
+@pytest.mark.slow
 def test_report_figures_are_valid_pngs(report):
     md = (report / "report.md").read_text()
     pngs = sorted(report.glob("*.png"))
@@ -93,31 +95,43 @@ def test_report_figures_are_valid_pngs(report):
     assert "skipped" not in md
 
 
-def write_run(folder, *, overrides=(), train_top1=(40.0, 60.0), val_top1=(38.0, 55.0)):
-    """A hand-made run folder: config.yaml as pgt-train writes it, summary.csv with the given per-epoch top-1."""
-    cfg = config.load(None, ["data.loader=synthetic", f"run.dir={folder}", *overrides])
+def write_run(folder, *, overrides=(), recipe=None, overlays=(), train_top1=(40.0, 60.0), val_top1=(38.0, 55.0),
+              extra=None):
+    """A hand-made run folder: config.yaml as pgt-train writes it (from a paper recipe and reading overlays, or from
+    synthetic defaults), summary.csv with the given per-epoch top-1 (and `extra` columns)."""
+    base = [] if recipe else ["data.loader=synthetic"]
+    cfg = config.load(REPO / recipe if recipe else None, [*base, f"run.dir={folder}", *overrides],
+                      overlays=[REPO / o for o in overlays])
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(config.to_yaml(cfg))
     with open(folder / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
         writer.writeheader()
-        for epoch, (train, val) in enumerate(zip(train_top1, val_top1), start=1):
-            writer.writerow({"epoch": epoch, "lr": 0.1, "train_top1": train, "val_top1": val, "val_loss": 1.0,
-                             "logit_norm": 5.0})
+        for i, (train, val) in enumerate(zip(train_top1, val_top1)):
+            writer.writerow({"epoch": i + 1, "lr": 0.1, "train_top1": train, "val_top1": val, "val_loss": 1.0,
+                             "logit_norm": 5.0, **{c: v[i] for c, v in (extra or {}).items()}})
     return folder
 
 
+T1_R50_PGT = "configs/paper/table1/resnet50_cosine_pgt0.05.yaml"  # T1#4, also Table 3's row 7
+T1_R18 = "configs/paper/table1/resnet18_cosine.yaml"  # T1#13
+T1_R18_PGT = "configs/paper/table1/resnet18_cosine_pgt0.25.yaml"  # T1#14
+CODE_READING = "configs/reading/code.yaml"
+
+
 def test_paper_row_beside_a_matching_run(tmp_path, capsys):
-    write_run(tmp_path / "runs" / "r50_pgt", overrides=["model.name=resnet50", "sched.name=cosine", "pgt.alpha=0.05",
-                                                        "data.batch_size=256"])
+    write_run(tmp_path / "runs" / "r50_pgt", recipe=T1_R50_PGT)
     out = tmp_path / "report"
     assert main([str(tmp_path / "runs"), "--out", str(out)]) == 0
-    line = next(l for l in (out / "report.md").read_text().splitlines() if l.startswith("| r50_pgt |"))
+    md = (out / "report.md").read_text()
+    line = next(l for l in md.splitlines() if l.startswith("| r50_pgt |"))
     assert "| 2/100 |" in line  # trained / scheduled epochs
-    assert "| T1#4* | 79.68 | 77.216 | -19.68 | -22.22 |" in line  # ours 60 / 55 after 2 epochs
-    assert "batch 256 vs 1024" in (out / "report.md").read_text()  # flagged: not the paper's setup
+    # ours 60 / 55 after 2 epochs, one seed: no spread to give
+    assert "| T1#4* | 79.68 | 77.216 | -19.68 (single run) | -22.22 (single run) |" in line
+    assert "r50_pgt (T1#4*): trained 2 of 100 epochs" in md  # flagged: not the paper's whole schedule
     (row,) = read_csv(out / "report.csv")
     assert (row["paper_row"], float(row["paper_train"]), float(row["paper_test"])) == ("T1#4", 79.68, 77.216)
+    assert (row["comparable"], row["reading"], row["impl"]) == ("yes", "paper", "exact")
     # The same run is Table 3's row 7 when that table is asked for.
     assert main([str(tmp_path / "runs"), "--out", str(out), "--table", "3"]) == 0
     assert "| T3#7* | 79.68 | 77.216 |" in (out / "report.md").read_text()
@@ -126,14 +140,114 @@ def test_paper_row_beside_a_matching_run(tmp_path, capsys):
     assert "no run matches a row of the paper's Table 2" in capsys.readouterr().err
 
 
-def test_table2_method_from_clipping(tmp_path):
-    nobn = ["model.name=resnet18", "model.norm=none", "data.batch_size=256", "pgt.alpha=0.25"]
-    write_run(tmp_path / "agc_pgt", overrides=[*nobn, "clip.mode=agc", "clip.value=0.08"])
-    write_run(tmp_path / "gc_pgt", overrides=[*nobn, "clip.mode=norm"])
-    assert main([str(tmp_path / "agc_pgt"), str(tmp_path / "gc_pgt"), "--out", str(tmp_path / "r")]) == 0
+def test_another_batch_is_not_comparable(tmp_path):
+    # Was "T1#4*" with a setup note; a run that differs from every row in a defining setting has no paper row now.
+    write_run(tmp_path / "r50_b256", recipe=T1_R50_PGT, overrides=["data.batch_size=256"])
+    assert main([str(tmp_path / "r50_b256"), "--out", str(tmp_path / "r")]) == 0
+    (row,) = read_csv(tmp_path / "r" / "report.csv")
+    assert (row["paper_row"], row["comparable"], row["nearest_row"]) == ("", "no", "T1#4")
+    assert row["differs"] == "data.batch_size 256 (row: 1024)"
+    assert row["paper_test"] == row["paper_test_diff"] == ""
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "| not comparable | — | — | — | — |" in md
+    assert "r50_b256: nearest row T1#4; differs in data.batch_size 256 (row: 1024)" in md
+
+
+def test_ten_class_run_configured_like_a_paper_row_is_not_comparable(tmp_path):
+    write_run(tmp_path / "demo_like", recipe=T1_R18, overrides=["model.num_classes=10", "data.img_size=64"],
+              val_top1=(60.0, 91.0))
+    assert main([str(tmp_path / "demo_like"), "--out", str(tmp_path / "r")]) == 0
+    (row,) = read_csv(tmp_path / "r" / "report.csv")
+    assert (row["paper_row"], row["nearest_row"]) == ("", "T1#13")
+    assert row["differs"] == "model.num_classes 10 (row: 1000), data.img_size 64 (row: 224)"
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "+20.79" not in md and "ImageNet-1K, 100 epochs, batch 1024" not in md
+
+
+def test_table2_rows_from_their_recipes(tmp_path):
+    # Was matched by clip mode and α alone; now a run stands beside a row only with the row recipe's settings.
+    write_run(tmp_path / "agc_pgt", recipe="configs/paper/table2/resnet18_nobn_b256_agc_pgt0.25.yaml")
+    write_run(tmp_path / "gc_pgt", recipe="configs/paper/table2/resnet18_nobn_b256_gc_pgt0.25.yaml")
+    write_run(tmp_path / "agc_pgt_lambda", recipe="configs/paper/table2/resnet18_nobn_b256_agc_pgt0.25.yaml",
+              overrides=["clip.value=0.01"])
+    assert main([str(tmp_path), "--out", str(tmp_path / "r")]) == 0
     rows = {r["group"]: r for r in read_csv(tmp_path / "r" / "report.csv")}
     assert (rows["agc_pgt"]["paper_row"], rows["agc_pgt"]["paper_test"]) == ("T2#10", "68.856")
     assert (rows["gc_pgt"]["paper_row"], rows["gc_pgt"]["paper_test"]) == ("T2#9", "67.088")
+    assert (rows["agc_pgt_lambda"]["nearest_row"], rows["agc_pgt_lambda"]["differs"]) == (
+        "T2#10", "clip.value 0.01 (row: 0.08)")
+
+
+def test_reading_and_impl_columns(tmp_path):
+    write_run(tmp_path / "code_base", recipe=T1_R18, overlays=[CODE_READING])
+    write_run(tmp_path / "code_pgt", recipe=T1_R18_PGT, overlays=[CODE_READING], val_top1=(38.0, 57.0))
+    write_run(tmp_path / "paper_pgt_authors", recipe=T1_R18_PGT, overrides=["pgt.impl=authors"])
+    write_run(tmp_path / "paper_base", recipe=T1_R18, val_top1=(38.0, 50.0))
+    assert main([str(tmp_path), "--out", str(tmp_path / "r")]) == 0
+    rows = {r["group"]: r for r in read_csv(tmp_path / "r" / "report.csv")}
+    got = {g: (r["paper_row"], r["reading"], r["impl"], r["baseline"]) for g, r in rows.items()}
+    assert got == {"code_base": ("T1#13", "code", "", ""), "code_pgt": ("T1#14", "code", "authors", "code_base"),
+                   "paper_base": ("T1#13", "paper", "", ""),
+                   "paper_pgt_authors": ("T1#14", "paper", "authors", "paper_base")}  # each paired in its reading
+    line = next(l for l in (tmp_path / "r" / "report.md").read_text().splitlines() if l.startswith("| code_pgt |"))
+    assert line.startswith("| code_pgt | code | resnet18 | cosine | 0.25 | authors | 0.1 |")
+
+
+def test_baseline_is_paired_on_the_learning_rate_too(tmp_path):
+    write_run(tmp_path / "pgt_lr0.025", overrides=["pgt.alpha=0.3", "optim.lr=0.025"], val_top1=(30.0, 52.0))
+    write_run(tmp_path / "base_lr0.1", overrides=["optim.lr=0.1"], val_top1=(30.0, 40.0))
+    write_run(tmp_path / "base_lr0.025", overrides=["optim.lr=0.025"], val_top1=(30.0, 50.0))
+    assert main([str(tmp_path), "--out", str(tmp_path / "r")]) == 0
+    pgt = next(r for r in read_csv(tmp_path / "r" / "report.csv") if r["group"] == "pgt_lr0.025")
+    assert (pgt["baseline"], float(pgt["test_diff"]), pgt["test_diff_se"]) == ("base_lr0.025", 2.0, "")
+    assert "| +2.00 (single run) |" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_delta_carries_the_standard_error_of_the_difference(tmp_path):
+    for name, alpha, finals in (("base", "null", (50.0, 52.0)), ("pgt", "0.3", (55.0, 58.0))):
+        for seed, val in enumerate(finals):
+            write_run(tmp_path / name / f"seed{seed}", overrides=[f"seed={seed}", f"pgt.alpha={alpha}"],
+                      val_top1=(30.0, val))
+    assert main([str(tmp_path / "base"), str(tmp_path / "pgt"), "--out", str(tmp_path / "r")]) == 0
+    pgt = next(r for r in read_csv(tmp_path / "r" / "report.csv") if r["baseline"])
+    se = (statistics.variance([55.0, 58.0]) / 2 + statistics.variance([50.0, 52.0]) / 2) ** 0.5
+    assert float(pgt["test_diff"]) == pytest.approx(5.5) and float(pgt["test_diff_se"]) == pytest.approx(se)
+    assert f"| +5.50 ± {se:.2f} |" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_same_seed_twice_is_one_seed(tmp_path):
+    write_run(tmp_path / "first", overrides=["pgt.alpha=0.3"], val_top1=(30.0, 50.0))
+    write_run(tmp_path / "again", overrides=["pgt.alpha=0.3"], val_top1=(30.0, 50.5))
+    assert main([str(tmp_path), "--out", str(tmp_path / "r")]) == 0
+    (row,) = read_csv(tmp_path / "r" / "report.csv")
+    assert (row["seeds"], row["seed_list"], row["test_top1_std"]) == ("1", "0", "")
+    assert row["duplicates"] == str(tmp_path / "first")  # same epochs: the first in path order ("again") counts
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "| 1 (+1 dup.) |" in md and "± 0.00" not in md
+    assert f"{tmp_path / 'first'} repeats seed 0 of {tmp_path / 'again'} with the same settings; counted once" in md
+
+
+def test_tables_without_matplotlib_say_what_to_install(tmp_path, monkeypatch, capsys):
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.ticker"):
+        monkeypatch.setitem(sys.modules, name, None)  # import raises ModuleNotFoundError, as when not installed
+    monkeypatch.delitem(sys.modules, "pgt_train.report_plots", raising=False)
+    write_run(tmp_path / "run")
+    assert main([str(tmp_path / "run"), "--out", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "report.csv").is_file() and not list((tmp_path / "r").glob("*.png"))
+    hint = 'pip install "pgt-train[report]"'
+    assert hint in capsys.readouterr().err and hint in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_zeroed_counts_have_integer_ticks(tmp_path):
+    from pgt_train import report, report_plots
+    write_run(tmp_path / "run", train_top1=(1, 2, 3), val_top1=(1, 2, 3),
+              extra={"zeroed_filters": (0, 1, 2), "zeroed_features": (0, 0, 1)})
+    groups = report.group_runs(report.load_runs([tmp_path / "run"])[0])
+    fig = report_plots.zeroed_figure(groups, groups)
+    fig.canvas.draw()
+    for ax in fig.axes:
+        for ticks in (ax.get_xticks(), ax.get_yticks()):
+            assert len(ticks) > 1 and all(float(t).is_integer() for t in ticks), ticks
 
 
 def test_seeds_form_one_group(tmp_path):
