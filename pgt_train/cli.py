@@ -37,6 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--init-from", metavar="CKPT", help="start a NEW run from these weights (a .pth checkpoint or an "
                    "exported .safetensors); same as model.init_from=CKPT: optimizer, schedule and counters start fresh")
     p.add_argument("--run-epochs", type=int, metavar="N", help="train at most N epochs in this invocation, then exit 0")
+    p.add_argument("--reading", metavar="paper|code", help="overlay configs/reading/<reading>.yaml on the recipe "
+                   "(before the overrides): the paper's words, or the authors' code (README, 'Two readings')")
     args = p.parse_intermixed_args(argv)  # overrides may come before or after the options
     if args.init_from:
         args.overrides.append(f"model.init_from={args.init_from}")
@@ -115,7 +117,8 @@ def preflight(args: argparse.Namespace, cfg: config.Config) -> tuple[Path | None
 def train(args: argparse.Namespace) -> int:
     if args.config is None:
         raise UserError("--config is required (e.g. --config configs/demo.yaml)")
-    cfg = config.load(args.config, args.overrides)
+    overlays = [config.reading_path(args.reading)] if args.reading else []
+    cfg = config.load(args.config, args.overrides, overlays)
     if args.print_config:
         print(config.to_yaml(cfg), end="")
         return 0

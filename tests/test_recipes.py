@@ -162,3 +162,15 @@ def test_each_reading_key_names_its_source():
     for key, text in code.items():
         assert any(f"{f}:" in text for f in ("README.md", "train.py", "parser.py", "resnet.py", "_lr.py",
                                             "scheduler_factory.py")), key
+
+
+def test_cli_reading_overlays_the_recipe_and_overrides_still_win(capsys):
+    from pgt_train import cli
+    recipe = str(CONFIGS / "paper" / "table1" / "resnet18_cosine_pgt0.25.yaml")
+    assert cli.main(["--config", recipe, "--reading", "code", "optim.lr=0.2", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["pgt"]["impl"] == "authors" and printed["sched"]["cooldown_epochs"] == 10
+    assert printed["optim"]["lr"] == 0.2  # the override, not the reading's 0.1
+    assert cli.main(["--config", recipe, "--reading", "words", "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--reading: 'words' is not one of: paper, code" in err
