@@ -10,6 +10,7 @@ epoch sample-exactly and its summary row still covers the whole epoch.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,8 @@ def build_parts(cfg: Config, info: DistInfo, *, init_weights: Optional[dict] = N
     amp_dtype = AMP_DTYPES[cfg.amp.dtype] if on_gpu else None  # fp32 on the CPU
     channels_last = on_gpu if cfg.model.channels_last is None else cfg.model.channels_last
     seed_all(cfg.seed)  # the same weights on every rank (DDP broadcasts rank 0's anyway)
-    model = models.build_model(cfg.model.name, num_classes=cfg.model.num_classes, norm=cfg.model.norm)
+    model = models.build_model(cfg.model.name, num_classes=cfg.model.num_classes, norm=cfg.model.norm,
+                               zero_init_last=cfg.model.zero_init_last)
     if init_weights is not None:
         checkpoint.load_model_weights(model, init_weights, source=init_source, model_name=cfg.model.name)
     seed_all(cfg.seed + 1000 * info.rank)  # per-rank streams from here on
@@ -59,10 +61,8 @@ def build_parts(cfg: Config, info: DistInfo, *, init_weights: Optional[dict] = N
     optimizer = optim.build_optimizer(plain_model, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                       nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay,
                                       decay_norm_and_bias=cfg.optim.decay_norm_and_bias)
-    s = cfg.sched
-    scheduler = optim.build_scheduler(optimizer, name=s.name, epochs=s.epochs, warmup_epochs=s.warmup_epochs,
-                                      warmup_lr=s.warmup_lr, milestones=s.milestones, gamma=s.gamma,
-                                      min_lr=s.min_lr, steps_per_epoch=steps_per_epoch)
+    # every sched.* key is a build_scheduler argument of the same name: a new key cannot be left unwired
+    scheduler = optim.build_scheduler(optimizer, **dataclasses.asdict(cfg.sched), steps_per_epoch=steps_per_epoch)
     opts = engine.StepOptions(accum_steps=cfg.data.accum_steps, amp_dtype=amp_dtype, clip_mode=cfg.clip.mode,
                               clip_value=cfg.clip.value, log_interval=cfg.run.log_interval,
                               max_nonfinite_steps=cfg.run.max_nonfinite_steps)

@@ -165,7 +165,9 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     blown = run_cli(*SYNTH, f"run.dir={run_dir}", "optim.lr=1e12", "run.log_interval=1", "run.max_nonfinite_steps=2",
                     "run.checkpoint_every=1")
     assert blown.returncode == 3, blown.stderr
-    assert "loss was not finite for 2 consecutive micro-batches (epoch 1, step" in blown.stderr
+    # whichever comes first: two NaN losses in a row, or a save that finds non-finite weights
+    assert ("loss was not finite for 2 consecutive micro-batches (epoch 1, step" in blown.stderr
+            or "optimizer state are not finite at step" in blown.stderr)
     assert "the last good checkpoint is kept" in blown.stderr and "Traceback" not in blown.stderr
     kept = torch.load(run_dir / "last.pth", weights_only=True)
     assert kept["step"] >= 1
