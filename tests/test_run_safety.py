@@ -198,3 +198,16 @@ def test_values_that_would_crash_mid_run_are_refused_up_front(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_pgt_torchrun_passes_the_ranks_exit_code_and_line(tmp_path):
+    import subprocess
+    import sys
+    cmd = [sys.executable, "-m", "pgt_train.launch", "--nproc_per_node=2", "-m", "pgt_train", *TINY,
+           f"run.dir={tmp_path / 'r'}", "pgt.alpha=2"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 2, result.stderr
+    assert "pgt.alpha: must lie in (0, 1]" in result.stderr
+    assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr
