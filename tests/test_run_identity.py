@@ -17,7 +17,8 @@ def cfg(*overrides):
 
 @pytest.mark.parametrize("override", ["seed=1", "amp.dtype=bf16", "pgt.impl=official", "optim.lr=0.2",
                                       "data.img_size=160", "model.num_classes=10", "data.crop_scale=[0.35,1]",
-                                      "data.demo.seed=3", "sched.epochs=90", "model.sync_bn=true"])
+                                      "data.demo.seed=3", "sched.epochs=90", "model.sync_bn=true",
+                                      "sched.update=epoch", "model.zero_init_last=false"])
 def test_what_changes_the_experiment_is_defining(override):
     key = override.split("=")[0]
     diffs = config.diff_defining(cfg("pgt.alpha=0.3"), cfg("pgt.alpha=0.3", override))
