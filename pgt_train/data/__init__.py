@@ -25,6 +25,13 @@ def per_rank_batch(global_batch: int, world_size: int, accum_steps: int) -> int:
     return global_batch // parts
 
 
+def check_train_size(n_images: int, cfg: DataConfig) -> None:
+    """An epoch must hold at least one optimizer step: one global batch (all ranks, all micro-batches)."""
+    if n_images < cfg.batch_size:
+        raise UserError(f"the training set has {n_images} images, fewer than one global batch "
+                        f"({cfg.batch_size}); lower data.batch_size")
+
+
 def prepare_demo(cfg: DataConfig, dist: DistInfo) -> None:
     """Rank 0 writes the demo JPEGs once (cached by parameters); the other ranks wait for it."""
     if not cfg.demo.enabled:
@@ -63,9 +70,7 @@ def build_loaders(cfg: DataConfig, *, num_classes: int, seed: int, dist: DistInf
                                             crop_ratio=cfg.crop_ratio, seed=seed)
     else:
         raise ValueError(f"unknown data.loader '{cfg.loader}' (valid: torchvision, nvjpeg, dali, synthetic)")
-    if len(train_set) < batch * dist.world_size:
-        raise UserError(f"the training set has {len(train_set)} images, fewer than one global batch "
-                        f"({cfg.batch_size}); lower data.batch_size")
+    check_train_size(len(train_set), cfg)
     common = dict(batch_size=batch, rank=dist.rank, world_size=dist.world_size, seed=seed, workers=cfg.workers,
                   device=dist.device, channels_last=channels_last, skip_corrupt=cfg.skip_corrupt)
     return TorchLoader(train_set, train=True, **common), TorchLoader(val_set, train=False, **common)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from pgt_train.config import DataConfig
+from pgt_train.data import check_train_size
 from pgt_train.data.torch_loader import IMAGENET_MEAN, IMAGENET_STD
 from pgt_train.dist import DistInfo
 from pgt_train.errors import UserError
@@ -164,9 +165,7 @@ def build_dali_loaders(cfg: DataConfig, *, batch_size: int, num_classes: int, se
         files, labels = image_files(root / split)
         n, w = len(files), dist.world_size
         if train:
-            if n // w < batch_size:
-                raise UserError(f"the training set has {n} images, fewer than one global batch "
-                                f"({cfg.batch_size}); lower data.batch_size")
+            check_train_size(n, cfg)
             order = np.random.default_rng(seed).permutation(n)  # the same on every rank: shards stay disjoint
             files, labels = [files[i] for i in order], [labels[i] for i in order]
         elif n < w:
