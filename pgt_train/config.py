@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import re
 import types
@@ -472,9 +473,13 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 def flat_settings(source: "Config | dict") -> dict:
     """Every key of a Config, or of a saved config tree (nested or dotted), as dotted key -> value. A tree from an
     older version gets today's defaults for the keys it lacks; keys today's Config no longer has are dropped."""
-    defaults = flatten(to_dict(Config()))
     given = flatten(to_dict(source) if isinstance(source, Config) else source)
-    return {key: given.get(key, default) for key, default in defaults.items()}
+    return {key: given.get(key, default) for key, default in _default_settings()}
+
+
+@functools.lru_cache(maxsize=1)
+def _default_settings() -> tuple:
+    return tuple(flatten(to_dict(Config())).items())
 
 
 def is_defining(key: str) -> bool:
