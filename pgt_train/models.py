@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import timm
 import torch
+from timm.utils import unwrap_model as unwrap  # noqa: F401  (DDP .module / compile ._orig_mod -> plain)
 from torch import nn
 
 from pgt_train.config import ConfigError
@@ -36,17 +37,6 @@ def build_model(name: str, *, num_classes: int, norm: str = "bn", zero_init_last
     if norm == "none" and count_norm_layers(model):
         raise ConfigError(f"model.norm: none: {name} still has {count_norm_layers(model)} norm layers")
     return model
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain model inside DDP and/or torch.compile wrappers (whose state_dict keys are prefixed)."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def prepare(model: nn.Module, *, device: torch.device, channels_last: bool, sync_bn: bool,
