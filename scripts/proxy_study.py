@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from reproduce import finished  # scripts/ is on sys.path when this file runs
+from reproduce import exit_quietly_on_closed_pipe, finished  # scripts/ is on sys.path when this file runs
 
 from pgt_train import config
 
@@ -67,4 +67,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_quietly_on_closed_pipe(main)  # `--dry-run | head -1`: exit 141, no traceback

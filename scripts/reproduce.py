@@ -3,9 +3,14 @@
 
     python scripts/reproduce.py --table 1 --gpus 4 --data /data/imagenet [--runs-root runs/paper] [--dry-run]
     python scripts/reproduce.py --grid resnet18 --gpus 4 --data /data/imagenet
+    python scripts/reproduce.py --table 1 --reading code [--impl exact] ...   # the authors' code, not the paper's words
 
-Each row trains in its own run folder (the recipe's run.dir, moved under --runs-root) with --resume auto, so
-rerunning the same command skips finished rows, resumes the interrupted one and starts the rest.
+Each row trains in its own run folder with --resume auto, so rerunning the same command skips finished rows,
+resumes the interrupted one and starts the rest: <runs-root>/<reading>/<impl>/<the recipe's run.dir below
+runs/paper>, where <impl> is `nopgt` for rows without PGT (one baseline per reading, shared by every --impl).
+--reading picks configs/reading/<reading>.yaml (README, "Two readings"); --impl overrides pgt.impl (default:
+the reading's own, exact for the paper and authors for the code). Several GPUs: python -m torch.distributed.run.
+Output to a closed pipe (`--dry-run | head -1`) stops quietly with exit status 141, as SIGPIPE would.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from pgt_train import config
+from pgt_train.pgt import IMPLS as PGT_IMPLS
 
 ROOT = Path(__file__).resolve().parents[1]
 INDEX = ROOT / "configs" / "paper" / "index.yaml"
@@ -55,36 +61,55 @@ def finished(run_dir: Path, epochs: int) -> bool:
         return any(int(r["epoch"]) == epochs for r in csv.DictReader(f))
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Reproduce a table (or an alpha grid) of the PGT paper, row by row.")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--table", help="1, 2 or 3")
     what.add_argument("--grid", help="resnet18 or resnet50 (Figs. 10-11, 50 epochs)")
-    p.add_argument("--gpus", type=int, default=1, help="GPUs per run (torchrun when > 1)")
+    p.add_argument("--reading", default="paper", help="paper (default) or code: configs/reading/<reading>.yaml")
+    p.add_argument("--impl", help=f"pgt.impl of the PGT rows: {', '.join(PGT_IMPLS)} (default: the reading's)")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs per run (python -m torch.distributed.run when > 1)")
     p.add_argument("--data", help="ImageNet folder with train/ and val/ (default: each recipe's data.root)")
     p.add_argument("--runs-root", default=str(RECIPE_RUNS_ROOT), help="where the run folders go (default: runs/paper)")
     p.add_argument("--dry-run", action="store_true", help="print each command and what it would do, run nothing")
     args = p.parse_args(argv)
     if args.gpus < 1:
         fail(f"--gpus must be >= 1, got {args.gpus}")
+    if args.impl is not None and args.impl not in PGT_IMPLS:
+        fail(f"--impl: '{args.impl}' is not one of: {', '.join(PGT_IMPLS)}")
+    return args
 
+
+def plan_row(args, recipe: str, overrides: list[str]) -> tuple[str, Path, list[str]]:
+    """(status, run folder, command) of one row; the row's config is resolved here, so a broken recipe stops
+    the script before the first run, not hours into the table."""
+    overlay = config.reading_path(args.reading)
+    pgt_on = config.load(ROOT / recipe, overrides, [overlay]).pgt.alpha is not None
+    if args.impl and pgt_on:
+        overrides = [*overrides, f"pgt.impl={args.impl}"]
+    cfg = config.load(ROOT / recipe, overrides, [overlay])
+    run_dir = (Path(args.runs_root) / args.reading / (cfg.pgt.impl if pgt_on else "nopgt")
+               / Path(cfg.run.dir).relative_to(RECIPE_RUNS_ROOT))
+    overrides = [o for o in overrides if not o.startswith("run.dir=")] + [f"run.dir={run_dir}"]
+    if args.data:
+        overrides.append(f"data.root={args.data}")
+    data_root = args.data or cfg.data.root
+    if not args.dry_run and not Path(data_root).is_dir():
+        fail(f"data folder not found: {data_root} (pass --data /path/to/imagenet)")
+    status = ("skip" if finished(run_dir, cfg.sched.epochs) else
+              "resume" if (run_dir / "last.pth").is_file() else "start")
+    launcher = ([sys.executable, "-m"] if args.gpus == 1 else
+                [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.gpus}", "-m"])
+    cmd = [*launcher, "pgt_train", "--config", os.path.relpath(ROOT / recipe), "--reading", args.reading,
+           *overrides, "--resume", "auto"]
+    return status, run_dir, cmd
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     index = yaml.safe_load(INDEX.read_text())
-    launcher = [sys.executable, "-m"] if args.gpus == 1 else ["torchrun", f"--nproc_per_node={args.gpus}", "-m"]
-    plan = []
-    for label, recipe, overrides in rows_of(index, args.table, args.grid):
-        # Resolve first: a broken recipe stops us before the first run, not hours into the table.
-        cfg = config.load(ROOT / recipe, overrides)
-        run_dir = Path(args.runs_root) / Path(cfg.run.dir).relative_to(RECIPE_RUNS_ROOT)
-        overrides = [o for o in overrides if not o.startswith("run.dir=")] + [f"run.dir={run_dir}"]
-        if args.data:
-            overrides.append(f"data.root={args.data}")
-        data_root = args.data or cfg.data.root
-        if not args.dry_run and not Path(data_root).is_dir():
-            fail(f"data folder not found: {data_root} (pass --data /path/to/imagenet)")
-        status = ("skip" if finished(run_dir, cfg.sched.epochs) else
-                  "resume" if (run_dir / "last.pth").is_file() else "start")
-        cmd = [*launcher, "pgt_train", "--config", os.path.relpath(ROOT / recipe), *overrides, "--resume", "auto"]
-        plan.append((label, status, run_dir, cmd))
+    plan = [(label, *plan_row(args, recipe, overrides))
+            for label, recipe, overrides in rows_of(index, args.table, args.grid)]
 
     for i, (label, status, run_dir, cmd) in enumerate(plan, 1):
         print(f"[{i}/{len(plan)}] {label}: {status} {run_dir}\n    {shlex.join(cmd)}", flush=True)
@@ -98,8 +123,23 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def exit_quietly_on_closed_pipe(main_fn) -> None:
+    """sys.exit(main_fn()), but a reader that closed stdout (`| head -1`) ends the script as SIGPIPE would
+    end a shell tool: no traceback, exit status 141 (128 + SIGPIPE), nothing more launched."""
     try:
-        sys.exit(main())
+        code = main_fn()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's final flush is quiet
+        code = 141
+    sys.exit(code)
+
+
+def _main_with_config_errors() -> int:
+    try:
+        return main()
     except config.ConfigError as e:
         fail(str(e))
+
+
+if __name__ == "__main__":
+    exit_quietly_on_closed_pipe(_main_with_config_errors)

@@ -26,12 +26,16 @@ def plan(stdout: str) -> list[tuple[str, list[str]]]:
 
 
 def expected(what: str, name: str, runs: Path) -> list[tuple[str, list[str]]]:
-    """(recipe, overrides) per row, from the index."""
+    """(recipe, overrides) per row, from the index, under the default reading (paper) and its impl (exact)."""
     if what == "--table":
-        return [(e["recipe"], [f"run.dir={runs / Path(config.load(ROOT / e['recipe']).run.dir).relative_to('runs/paper')}"])
-                for e in INDEX[f"table{name}"]]
+        out = []
+        for e in INDEX[f"table{name}"]:
+            cfg = config.load(ROOT / e["recipe"])
+            impl = "exact" if cfg.pgt.alpha is not None else "nopgt"
+            out.append((e["recipe"], [f"run.dir={runs / 'paper' / impl / Path(cfg.run.dir).relative_to('runs/paper')}"]))
+        return out
     spec = INDEX["grids"][name]
-    return [(spec["recipe"], [*spec["overrides"], f"pgt.alpha={a}", f"run.dir={runs}/grid/{name}/alpha{a}"])
+    return [(spec["recipe"], [*spec["overrides"], f"pgt.alpha={a}", f"run.dir={runs}/paper/exact/grid/{name}/alpha{a}"])
             for a in spec["alphas"]]
 
 
@@ -47,14 +51,47 @@ def test_dry_run_prints_one_command_per_row(tmp_path, what, name):
     for (status, cmd), (recipe, overrides) in zip(rows, want):
         assert status == "start"
         assert cmd[:4] == [sys.executable, "-m", "pgt_train", "--config"]
-        assert cmd[4] == recipe and cmd[-2:] == ["--resume", "auto"]
-        assert cmd[5:-2] == [*overrides, f"data.root={data}"]
+        assert cmd[4] == recipe and cmd[5:7] == ["--reading", "paper"] and cmd[-2:] == ["--resume", "auto"]
+        assert cmd[7:-2] == [*overrides, f"data.root={data}"]
 
 
-def test_gpus_use_torchrun(tmp_path):
+def test_gpus_use_torch_distributed_run_of_this_python(tmp_path):
     r = reproduce("--table", "2", "--gpus", "4", "--dry-run", "--runs-root", str(tmp_path))
     assert r.returncode == 0, r.stderr
-    assert all(cmd[:4] == ["torchrun", "--nproc_per_node=4", "-m", "pgt_train"] for _, cmd in plan(r.stdout))
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m", "pgt_train"]
+    assert all(cmd[:7] == launcher for _, cmd in plan(r.stdout))  # no `torchrun` on PATH needed
+
+
+def test_reading_and_impl_pick_separate_run_folders_and_baselines_are_shared(tmp_path):
+    folders = {}
+    for args in (["--reading", "paper"], ["--reading", "code"], ["--reading", "code", "--impl", "official"]):
+        r = reproduce("--table", "1", "--dry-run", "--runs-root", str(tmp_path), *args)
+        assert r.returncode == 0, r.stderr
+        rows = plan(r.stdout)
+        assert all(cmd[cmd.index("--reading") + 1] == args[1] for _, cmd in rows)
+        folders[tuple(args)] = [next(a for a in cmd if a.startswith("run.dir=")) for _, cmd in rows]
+    paper, code, official = folders.values()
+    assert paper[0] == f"run.dir={tmp_path}/paper/nopgt/table1/seresnet50_cosine"
+    assert paper[1] == f"run.dir={tmp_path}/paper/exact/table1/seresnet50_cosine_pgt0.3"
+    assert code[1] == f"run.dir={tmp_path}/code/authors/table1/seresnet50_cosine_pgt0.3"  # the reading's own impl
+    assert official[1] == f"run.dir={tmp_path}/code/official/table1/seresnet50_cosine_pgt0.3"
+    assert official[0] == code[0]  # no PGT: one baseline per reading, whatever --impl
+    assert len(set(paper) | set(code) | set(official)) == len(paper) + len(code) + len(official) - 7
+    r = reproduce("--table", "1", "--dry-run", "--runs-root", str(tmp_path), "--reading", "code", "--impl", "official")
+    pgt_row = plan(r.stdout)[1][1]
+    assert "pgt.impl=official" in pgt_row and "pgt.impl=official" not in plan(r.stdout)[0][1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["reproduce.py", "proxy_study.py"])
+def test_closed_stdout_stops_quietly(script):
+    """`--dry-run | head -1`: the reader is gone before the first line; exit 141 as SIGPIPE, no traceback."""
+    args = ["--table", "1", "--dry-run"] if script == "reproduce.py" else ["--dry-run"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / script), *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the pipe's reader exits at once
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and err == ""
 
 
 def write_summary(run_dir: Path, epochs: int) -> None:
@@ -63,10 +100,10 @@ def write_summary(run_dir: Path, epochs: int) -> None:
 
 
 def test_finished_runs_skip_and_interrupted_runs_resume(tmp_path):
-    write_summary(tmp_path / "table1" / "resnet18_step", 100)  # finished: has the row of epoch 100
-    write_summary(tmp_path / "table1" / "resnet18_cosine", 99)  # one epoch short, checkpoint kept
-    (tmp_path / "table1" / "resnet18_cosine" / "last.pth").write_bytes(b"")
-    write_summary(tmp_path / "grid" / "resnet18" / "alpha0.5", 50)  # a grid run is finished at 50 epochs
+    write_summary(tmp_path / "paper" / "nopgt" / "table1" / "resnet18_step", 100)  # finished: epoch 100's row
+    write_summary(tmp_path / "paper" / "nopgt" / "table1" / "resnet18_cosine", 99)  # one epoch short, checkpoint kept
+    (tmp_path / "paper" / "nopgt" / "table1" / "resnet18_cosine" / "last.pth").write_bytes(b"")
+    write_summary(tmp_path / "paper" / "exact" / "grid" / "resnet18" / "alpha0.5", 50)  # a grid run ends at 50
     r = reproduce("--table", "1", "--dry-run", "--runs-root", str(tmp_path))
     status = {cmd[4].split("/")[-1]: s for s, cmd in plan(r.stdout)}
     assert status["resnet18_step.yaml"] == "skip"
@@ -80,6 +117,8 @@ def test_finished_runs_skip_and_interrupted_runs_resume(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--table", "4", "--dry-run"], "no table '4'"),
     (["--grid", "resnet34", "--dry-run"], "no grid 'resnet34'"),
+    (["--table", "1", "--reading", "words", "--dry-run"], "--reading: 'words' is not one of: paper, code"),
+    (["--table", "1", "--impl", "approx", "--dry-run"], "--impl: 'approx' is not one of: exact, authors, official"),
     (["--table", "1", "--data", "/nonexistent/imagenet"], "data folder not found: /nonexistent/imagenet"),
 ])
 def test_bad_input_is_one_line_and_runs_nothing(args, message):
