@@ -9,7 +9,7 @@ WORKDIR /opt/pgt-train
 # The image's torch (2.5.1) satisfies torch>=2.4, so pip keeps it and adds timm, DALI and the rest.
 COPY pyproject.toml README.md ./
 COPY pgt_train ./pgt_train
-RUN pip install ".[dali]"
+RUN pip install ".[dali,report]"
 
 # Recipes and launchers where the user works; runs/ is meant to be a mounted volume.
 RUN useradd --create-home --uid 1000 trainer && mkdir -p /workspace/runs && chown -R trainer /workspace

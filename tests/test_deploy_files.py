@@ -38,7 +38,7 @@ def test_dockerfile_copy_sources_exist_and_are_not_ignored():
 
 def test_dockerfile_installs_with_dali_runs_as_non_root_with_entry_point():
     ops = dockerfile_instructions()
-    assert any(op == "RUN" and 'pip install ".[dali]"' in arg for op, arg in ops)
+    assert any(op == "RUN" and 'pip install ".[dali,report]"' in arg for op, arg in ops)  # report: pgt-report's figures
     users = [arg for op, arg in ops if op == "USER"]
     assert users and users[-1] not in ("root", "0")
     assert ("ENTRYPOINT", '["pgt-train"]') in ops
