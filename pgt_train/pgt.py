@@ -14,6 +14,9 @@ Ways in:
   authors_pgt_cross_entropy                  the authors' fp16 arithmetic: p rounded to fp16 before
                                              the power, robustly (any dtype, loss scale, batch)
   official_pgt_cross_entropy                 the paper's appendix tensor-hook, flaws included
+In the authors' fp16 runs GradScaler skipped steps and halved its scale until it reached N² (N the
+per-GPU batch), where the appendix hook is exact in scale; from there their PGT was Eq. 8 applied to
+p as an fp16 gradient carries it, which authors_pgt_cross_entropy reproduces without the fragility.
 build_pgt_loss(alpha, impl) picks one for the trainer (impl in IMPLS: exact, authors, official).
 """
 
@@ -284,6 +287,14 @@ def official_pgt_cross_entropy(logits, target, alpha, label_smoothing=0.0):
     α = 0.3: it matched the closed form s·(p' - q)/N at s = 64, gave NaN at s = 128 and
     65536, and was off by ~4 (max abs; 3.7 and 4.2 on two draws) at s = 1. Use
     pgt_cross_entropy for real training.
+
+    Inside the authors' runs (fp16 autocast, GradScaler starting at 2^16, per-GPU batch N) the
+    scaler repaired the scale by itself: above N² the NaN makes it skip the step and halve the
+    scale, until it reaches N² (N = 256: 2^16 already, no skip; measured with torch.amp.GradScaler
+    on the CPU, scripts/pgt_fidelity.py: N = 64 went 65536 -> 4096 after 4 skipped steps). From
+    then on the hook is exact in scale; each growth attempt (×2 after 2000 clean steps) gives NaN
+    again while any sample of the batch has p_y < 1/2, costing one skipped step. What remains is
+    that it saw p through an fp16 gradient: small probabilities rounded to 0 (impl "authors").
     """
     alpha, label_smoothing = check_alpha(alpha), _check_smoothing(label_smoothing)
     loss = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
