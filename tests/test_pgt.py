@@ -496,7 +496,7 @@ def test_authors_equals_official_hook_at_scale_n_squared_fp16(alpha, n, c, logit
     exact = grad_fp16_autocast(lambda z, y: pgt_cross_entropy(z, y, alpha), z, y, s).double() / s
     assert torch.isfinite(official).all()
     rel = (authors - official).norm() / official.norm()
-    # Tolerance 5e-3 (measured on these logits and 3 other seeds: at most 2.7e-3, at N=64, α=0.05).
+    # Tolerance 5e-3 (measured on these logits and 2 other seeds: at most 2.8e-3, at N=64, α=0.05).
     # What remains is the hook's own fp16 arithmetic after recovering p, which `authors` does in
     # fp32: p^α, the division by the sum, p' - q and × N each round to 11 bits (≤ 4 × 2^-12 ≈ 1e-3
     # relative), and its double rounding fp16(N·(p - q))/N, which moves a few subnormal p by one
