@@ -7,8 +7,6 @@ from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler
 from timm.scheduler.scheduler import Scheduler
 from torch import nn
 
-from pgt_train.config import SchedConfig
-
 
 def build_optimizer(model: nn.Module, *, lr: float, momentum: float, nesterov: bool, weight_decay: float,
                     decay_norm_and_bias: bool) -> torch.optim.Optimizer:
@@ -73,15 +71,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, *, name: str, epochs: int,
     if update == "epoch":
         return EpochHeldSchedule(sched, steps_per_epoch)
     raise ValueError(f"unknown sched.update '{update}' (valid: step, epoch)")
-
-
-def scheduler_from_config(optimizer: torch.optim.Optimizer, sched: SchedConfig, *,
-                          steps_per_epoch: int) -> Scheduler | EpochHeldSchedule:
-    """build_scheduler from the run's `sched:` section, every key passed (new keys need no caller change)."""
-    return build_scheduler(optimizer, name=sched.name, epochs=sched.epochs, warmup_epochs=sched.warmup_epochs,
-                           warmup_lr=sched.warmup_lr, milestones=sched.milestones, gamma=sched.gamma,
-                           min_lr=sched.min_lr, steps_per_epoch=steps_per_epoch, update=sched.update,
-                           cooldown_epochs=sched.cooldown_epochs, warmup_prefix=sched.warmup_prefix)
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:

@@ -52,6 +52,10 @@ def test_int_accepted_for_float_and_types_enforced():
     ("clip.mode=agc2", "clip.mode"),
     ("data.batch_size=0", "data.batch_size: must be > 0"),
     ("sched.warmup_epochs=200", "sched.warmup_epochs"),
+    ("sched.cooldown_epochs=95", "sched.cooldown_epochs: warmup (5) + cooldown (95) leave no cosine epochs"),
+    ("sched.cooldown_epochs=-1", "sched.cooldown_epochs: must be >= 0"),
+    ("sched.update=batch", "sched.update: 'batch' is not one of: step, epoch"),
+    ("model.zero_init_last=2", "model.zero_init_last: expected bool"),
     ("loss.label_smoothing=1.0", "loss.label_smoothing"),
     ("optim=3", "optim: expected a mapping"),
 ])

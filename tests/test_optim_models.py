@@ -1,4 +1,6 @@
 """Optimizer groups, per-iteration schedules and model building, against the paper's setup (Sec. 5.1)."""
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -72,3 +74,28 @@ def test_unknown_model_names_similar_ones():
 def test_unwrap_finds_the_plain_model_inside_compile():
     plain = nn.Linear(2, 2)
     assert models.unwrap(torch.compile(plain)) is plain
+
+
+def test_authors_schedule_per_epoch_with_cooldown_and_cosine_from_epoch_zero():
+    """The code reading's schedule (configs/reading/code.yaml) at lrs()'s peak 0.4: warmup over 5 epochs from
+    0.01, a cosine of the epoch counted from 0 over 90 epochs (warmup_prefix false), then 10 cooldown epochs at
+    min_lr 1e-4, one LR per epoch (timm's t_in_epochs)."""
+    lr = lrs("cosine", update="epoch", cooldown_epochs=10, warmup_prefix=False, warmup_lr=0.01, min_lr=1e-4)
+    for epoch in range(100):
+        if epoch < 5:
+            want = 0.01 + epoch * (0.4 - 0.01) / 5
+        elif epoch < 90:
+            want = 1e-4 + (0.4 - 1e-4) * (1 + math.cos(math.pi * epoch / 90)) / 2
+        else:
+            want = 1e-4
+        epoch_lrs = lr[epoch * STEPS:(epoch + 1) * STEPS]
+        assert max(epoch_lrs) == min(epoch_lrs), epoch  # one LR per epoch
+        assert epoch_lrs[0] == pytest.approx(want, rel=1e-12), epoch
+    assert lr[5 * STEPS] == pytest.approx(0.4 * 0.99240, rel=1e-4)  # epoch 5 starts below the peak
+
+
+def test_step_update_moves_within_an_epoch_and_cooldown_holds_min_lr():
+    lr = lrs("cosine", cooldown_epochs=10, min_lr=1e-3)
+    assert lr[1] > lr[0]  # per-iteration warmup
+    assert all(x == pytest.approx(1e-3) for x in lr[90 * STEPS:])  # cooldown: the last 10 epochs at min_lr
+    assert lr[90 * STEPS - 1] > 1e-3  # the cosine spans epochs 5-90 and ends there
