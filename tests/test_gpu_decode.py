@@ -167,16 +167,36 @@ def test_odd_and_corrupt_files_take_the_torchvision_path(tmp_path):
 
 
 def test_a_file_the_batched_decode_rejects_is_retried_alone_then_counted(jpeg_folder):
-    _, (enc_train, _) = datasets(jpeg_folder)
-    samples = [enc_train[(i, 0)] for i in range(3)]
+    _, (enc_train, enc_val) = datasets(jpeg_folder)
     png = io.BytesIO()
     Image.new("RGB", (40, 40)).save(png, "PNG")  # passed the header check in no real worker; decode_jpeg refuses it
-    bad = samples[1]._replace(data=torch.frombuffer(bytearray(png.getvalue()), dtype=torch.uint8))
-    decoder = BatchDecoder(enc_train, device=torch.device("cpu"))
-    images, targets, corrupt = decoder(collate_encoded([samples[0], bad, samples[2]]))
-    good, _, none_corrupt = decoder(collate_encoded([samples[0], samples[2]]))
-    assert [c.path for c in corrupt] == [enc_train.samples[samples[1].index][0]] and not none_corrupt
-    assert torch.equal(images, good) and targets.tolist() == [samples[0].target, samples[2].target]
+    for dataset in (enc_train, enc_val):
+        samples = [dataset[(i, 0)] for i in range(3)]
+        bad = samples[1]._replace(data=torch.frombuffer(bytearray(png.getvalue()), dtype=torch.uint8))
+        decoder = BatchDecoder(dataset, device=torch.device("cpu"))
+        images, targets, corrupt = decoder(collate_encoded([samples[0], bad, samples[2]]))
+        good, good_targets, none_corrupt = decoder(collate_encoded([samples[0], samples[2]]))
+        assert [c.path for c in corrupt] == [dataset.samples[samples[1].index][0]] and not none_corrupt
+        if dataset.train:  # the batch keeps its size, as on the torchvision path: another image stands in
+            assert torch.equal(images[[0, 2]], good) and torch.equal(images[1], good[0])
+            assert targets.tolist() == [samples[0].target, samples[0].target, samples[2].target]
+        else:  # validation scores only real files
+            assert torch.equal(images, good) and torch.equal(targets, good_targets)
+
+
+def test_a_fifo_named_jpg_is_not_opened(tmp_path):
+    """Opening a FIFO blocks until a writer appears: the worker must not read one (SIGALRM ends a hang)."""
+    import signal
+    root = make_jpeg_folder(tmp_path, classes=CLASSES, train=2, val=1)
+    os.mkfifo(root / "train" / CLASSES[0] / "fifo.jpg")
+    _, (enc_train, _) = datasets(root)
+    index = [p for p, _ in enc_train.samples].index(str(root / "train" / CLASSES[0] / "fifo.jpg"))
+    signal.alarm(20)
+    try:
+        sample = enc_train[(index, 0)]
+    finally:
+        signal.alarm(0)
+    assert isinstance(sample, CorruptSample)
 
 
 def test_config_accepts_nvjpeg():

@@ -23,7 +23,9 @@ TorchLoader whose DataLoader yields encoded batches, decoded before TorchLoader 
 """
 from __future__ import annotations
 
-import io
+import os
+import stat
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -82,6 +84,27 @@ def device_decodable(image: Image.Image, data: bytes) -> bool:
             and data.endswith(JPEG_END))
 
 
+def read_plain_jpeg(path: str) -> tuple[bytes, Image.Image] | None:
+    """(file bytes, header-only PIL image) of a device-decodable JPEG; None for anything else.
+
+    Only regular files are opened (a FIFO would block), and PIL's decompression-bomb warning counts as a
+    refusal, as in folder.read_rgb: such files take the torchvision path, which reports them.
+    """
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        with warnings.catch_warnings(), open(path, "rb") as f:
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(f)  # parses the header only
+            if image.format != "JPEG" or image.mode != "RGB":  # decide before reading a large odd file
+                return None
+            f.seek(0)
+            data = f.read()
+    except Exception:  # noqa: BLE001 — whatever PIL refuses, the torchvision path reports (or skips) as today
+        return None
+    return (data, image) if device_decodable(image, data) else None
+
+
 class EncodedImageFolder(Dataset):
     """Wraps a SeededImageFolder (its file list, class indices, transform and seed): same keys, same samples,
     but plain JPEGs come back as EncodedSample (bytes + drawn geometry) instead of decoded tensors."""
@@ -95,21 +118,25 @@ class EncodedImageFolder(Dataset):
         self.folder, self.train = folder, train
         self.samples, self.classes, self.class_to_idx = folder.samples, folder.classes, folder.class_to_idx
 
+    @property
+    def replace_unreadable(self) -> bool:
+        """TorchLoader sets it on the dataset it gets: the files that take the torchvision path follow it."""
+        return getattr(self.folder, "replace_unreadable", False)
+
+    @replace_unreadable.setter
+    def replace_unreadable(self, value: bool) -> None:
+        self.folder.replace_unreadable = value
+
     def __len__(self) -> int:
         return len(self.folder)
 
     def __getitem__(self, key):
         index, epoch = key
         path, target = self.samples[index]
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-            image = Image.open(io.BytesIO(data))  # parses the header only
-            plain_jpeg = device_decodable(image, data)
-        except Exception:  # noqa: BLE001 — whatever PIL rejects, the torchvision path reports (or skips) as it does today
-            plain_jpeg = False
-        if not plain_jpeg:
+        plain_jpeg = read_plain_jpeg(path)
+        if plain_jpeg is None:
             return self.folder[key]
+        data, image = plain_jpeg
         if not self.train:
             return EncodedSample(torch.frombuffer(bytearray(data), dtype=torch.uint8), target, index, (0, 0, 0, 0),
                                  False)
@@ -120,9 +147,14 @@ class EncodedImageFolder(Dataset):
 
 
 def collate_encoded(samples: list) -> EncodedBatch:
-    """Splits a batch into encoded files (concatenated), ready images (stacked) and corrupt files."""
+    """Splits a batch into encoded files (concatenated), ready images (stacked) and corrupt files.
+
+    A CorruptSample's `replacement` (a readable image the torchvision path drew in its place, training
+    only; torch_loader.CorruptSample) takes its place in the batch.
+    """
     corrupt = [s for s in samples if isinstance(s, CorruptSample)]
-    kept = [s for s in samples if not isinstance(s, CorruptSample)]
+    kept = [getattr(s, "replacement", None) if isinstance(s, CorruptSample) else s for s in samples]
+    kept = [s for s in kept if s is not None]
     encoded = [(i, s) for i, s in enumerate(kept) if isinstance(s, EncodedSample)]
     ready = [(i, s) for i, s in enumerate(kept) if not isinstance(s, EncodedSample)]
     files = [s for _, s in encoded]
@@ -186,7 +218,20 @@ class BatchDecoder:
         keep = [i for i, image in enumerate(slots) if image is not None]
         if not keep:
             return None, batch.targets[:0], batch.corrupt + corrupt
-        targets = batch.targets if len(keep) == len(slots) else batch.targets[keep]
+        targets = batch.targets
+        if len(keep) < len(slots) and self.train:
+            # As the torchvision path does for training: the batch keeps its size; here the stand-in for a
+            # file that failed to decode is another image of the same batch (no file read in this process).
+            failed = [i for i in range(len(slots)) if slots[i] is None]
+            stand_in = [keep[k % len(keep)] for k in range(len(failed))]
+            targets = targets.clone()
+            for i, j in zip(failed, stand_in):
+                slots[i], targets[i] = slots[j], targets[j]
+            if "replacement" in CorruptSample._fields:  # tells TorchLoader a stand-in took the file's place
+                corrupt = [c._replace(replacement=(slots[j], int(targets[j]))) for c, j in zip(corrupt, stand_in)]
+            keep = list(range(len(slots)))
+        elif len(keep) < len(slots):
+            targets = targets[keep]
         return torch.stack([slots[i] for i in keep]), targets, batch.corrupt + corrupt
 
 
