@@ -54,7 +54,10 @@ def power_softmax(logits, alpha):
     The identity holds because p_c^α = exp(α z_c) / (Σ_j exp z_j)^α and the denominator
     cancels under the renormalisation.
     """
-    alpha = check_alpha(alpha)
+    return _power_softmax(logits, check_alpha(alpha))
+
+
+def _power_softmax(logits, alpha):  # alpha already checked: the backward calls this every step
     return torch.softmax(_upcast(logits) * alpha, dim=-1)
 
 
@@ -86,7 +89,10 @@ def authors_power_softmax(logits, alpha, q=None):
     at least 1/C, far above fp16's underflow, so the sum is never 0. Computed in float32 (float64
     for fp64 logits). Unlike power_softmax this is NOT softmax(α·z): rounding comes before the power.
     """
-    alpha = check_alpha(alpha)
+    return _authors_power_softmax(logits, check_alpha(alpha), q)
+
+
+def _authors_power_softmax(logits, alpha, q=None):  # alpha already checked
     p16 = hook_seen_probs(logits, q)
     kept = p16 > 0  # 0 stays 0 explicitly, without relying on pow(0, α) = 0
     p_pow = torch.where(kept, torch.where(kept, p16, torch.ones_like(p16)) ** alpha, torch.zeros_like(p16))
@@ -129,9 +135,9 @@ class _PGTCrossEntropy(torch.autograd.Function):
         work = torch.promote_types(logits.dtype, torch.float32)  # fp32, or fp64 for fp64 logits
         q = target_probs(target, c, ctx.label_smoothing, work)  # (N, C), transient like the grad
         if ctx.flatten == "authors":
-            p_pow = authors_power_softmax(logits, ctx.alpha, q)
+            p_pow = _authors_power_softmax(logits, ctx.alpha, q)
         else:
-            p_pow = power_softmax(logits, ctx.alpha)
+            p_pow = _power_softmax(logits, ctx.alpha)
         # linear in grad_loss (loss scale, 1/accum_steps, DDP averaging all pass straight through)
         grad = (p_pow - q) * (grad_loss / n)
         return grad.to(logits.dtype), None, None, None, None
@@ -177,17 +183,22 @@ def authors_pgt_cross_entropy(logits, target, alpha, label_smoothing=0.0):
 
 
 class PowerGradCrossEntropy(nn.Module):
-    """nn.Module form of pgt_cross_entropy: forward(logits, target) -> scalar loss."""
+    """nn.Module form of pgt_cross_entropy (impl "exact") or authors_pgt_cross_entropy (impl "authors"):
+    forward(logits, target) -> scalar loss. Arguments are validated once, here, not on every step."""
 
-    def __init__(self, alpha, label_smoothing=0.0):
+    def __init__(self, alpha, label_smoothing=0.0, impl="exact"):
         super().__init__()
-        self.alpha, self.label_smoothing = check_alpha(alpha), _check_smoothing(label_smoothing)
+        if impl not in ("exact", "authors"):
+            raise ValueError(f"PowerGradCrossEntropy impl must be exact or authors, got {impl!r} "
+                             f"(official is a tensor hook: official_pgt_cross_entropy)")
+        self.alpha, self.label_smoothing, self.impl = check_alpha(alpha), _check_smoothing(label_smoothing), impl
 
     def forward(self, logits, target):
-        return pgt_cross_entropy(logits, target, self.alpha, self.label_smoothing)
+        _check_logits(logits, target)
+        return _PGTCrossEntropy.apply(logits, target, self.alpha, self.label_smoothing, self.impl)
 
     def extra_repr(self):
-        return f"alpha={self.alpha}, label_smoothing={self.label_smoothing}"
+        return f"alpha={self.alpha}, label_smoothing={self.label_smoothing}, impl={self.impl}"
 
 
 class _PGTLogits(torch.autograd.Function):
@@ -311,23 +322,19 @@ def official_pgt_cross_entropy(logits, target, alpha, label_smoothing=0.0):
     return loss
 
 
-_LOSS_BY_IMPL = {
-    "exact": pgt_cross_entropy,
-    "authors": authors_pgt_cross_entropy,
-    "official": official_pgt_cross_entropy,
-}
-assert tuple(_LOSS_BY_IMPL) == IMPLS
-
-
 def build_pgt_loss(alpha, impl="exact", label_smoothing=0.0):
-    """The trainer's loss: (logits, target) -> scalar. alpha=None gives plain cross-entropy.
+    """The trainer's loss: (logits, target) -> scalar, arguments validated once. alpha=None: plain CE.
 
     impl: "exact" (Eq. 8, the default), "authors" (Eq. 8 on fp16-rounded p, as the authors' runs
     computed it) or "official" (the appendix hook itself). Unknown names raise ValueError.
+    exact at α = 1 IS cross-entropy (p^1 / Σ p = p), so it runs as F.cross_entropy: bit-identical
+    to PGT off, where the autograd Function would differ in the last float bits.
     """
-    if impl not in _LOSS_BY_IMPL:
+    if impl not in IMPLS:
         raise ValueError(f"unknown PGT impl {impl!r}; valid: {', '.join(IMPLS)}")
     label_smoothing = _check_smoothing(label_smoothing)
-    if alpha is None:
+    if alpha is None or (impl == "exact" and check_alpha(alpha) == 1.0):
         return functools.partial(F.cross_entropy, label_smoothing=label_smoothing)
-    return functools.partial(_LOSS_BY_IMPL[impl], alpha=check_alpha(alpha), label_smoothing=label_smoothing)
+    if impl == "official":
+        return functools.partial(official_pgt_cross_entropy, alpha=check_alpha(alpha), label_smoothing=label_smoothing)
+    return PowerGradCrossEntropy(alpha, label_smoothing, impl=impl)
