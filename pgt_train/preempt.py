@@ -7,7 +7,9 @@ all-reduce every `sync_every` steps (run.log_interval: the trainer's one host sy
 """
 from __future__ import annotations
 
+import os
 import signal
+import threading
 
 import torch
 
@@ -38,6 +40,24 @@ class StopRequest:
 
 
 def ignore_in_worker(_worker_id: int = 0) -> None:
-    """DataLoader workers leave the signals to the trainer, which shuts them down after saving."""
-    for s in SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
+    """DataLoader worker_init_fn: SIGTERM/SIGUSR1 from anyone but the trainer itself are ignored.
+
+    SLURM (cgroup), torchrun (its rank's process group) and `kill -- -PGID` signal the workers too; dying
+    there would make the trainer fail mid-step instead of saving. But the trainer's own shutdown (the
+    DataLoader's, or multiprocessing's at interpreter exit after an uncaught exception) ends lingering
+    workers with SIGTERM and then waits for them: a worker that ignored that would hang the exit forever.
+    So the signals are blocked and a thread reads each one with its sender's pid: from the parent, exit;
+    from anyone else, drop it.
+    """
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # threads started later inherit the mask
+    threading.Thread(target=_obey_parent_only, args=(parent,), name="pgt-worker-signals", daemon=True).start()
+
+
+def _obey_parent_only(parent: int) -> None:
+    while True:
+        info = signal.sigwaitinfo(SIGNALS)
+        if info.si_pid == parent and info.si_signo == signal.SIGTERM:
+            # Exit code 0: torch's SIGCHLD check in the trainer reports workers that die by a signal or a
+            # non-zero code as a crash, which at this point would only add a second traceback.
+            os._exit(0)

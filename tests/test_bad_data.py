@@ -1,12 +1,22 @@
 """Bad data as users meet it: corrupt files mid-training, odd image modes, broken folder layouts."""
 import csv
+import os
 import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import zlib
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from tests.conftest import make_jpeg_folder, run_cli
+from pgt_train.preempt import EXIT_PREEMPTED
+from tests.conftest import REPO, make_jpeg_folder, run_cli
 
 
 def tiny(root, run_dir, *extra):
@@ -75,3 +85,107 @@ def test_broken_layouts_exit_2_with_one_line(folder, tmp_path, breakage, message
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def png_header(width, height):
+    """A tiny PNG file that declares width x height pixels (PIL's bomb check reads only the header)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 8)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.slow
+def test_hostile_files_are_skipped_counted_and_never_block(folder, tmp_path):
+    """FIFO, socket, decompression bombs, garbage, symlink loops, a link into another class, an all-corrupt
+    val batch: one run with data.workers=2 finishes, counts each unreadable file once, multiplies nothing."""
+    cls = folder / "train" / "a_round"
+    os.mkfifo(cls / "fifo.jpg")  # opening it would block until a writer comes: never
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(cls / "sock.jpg"))
+    (cls / "bomb.png").write_bytes(png_header(20_000, 20_000))  # > 2x MAX_IMAGE_PIXELS: PIL raises
+    (cls / "big.png").write_bytes(png_header(10_000, 10_000))  # > MAX_IMAGE_PIXELS: PIL only warns
+    (cls / "zz_garbage1.jpg").write_bytes(b"garbage" * 20)
+    (cls / "zz_garbage2.jpg").write_bytes(b"")
+    (cls / "loop1").symlink_to(".")  # two loops: os.walk(followlinks=True) alone never ends
+    (cls / "loop2").symlink_to(".")
+    (cls / "up").symlink_to("..")
+    (cls / "steal").symlink_to("../b_square")  # b_square's images must not also be labelled a_round
+    for name in ("a_round", "b_square"):  # the first val batch (6 images) is entirely unreadable
+        for f in (folder / "val" / name).iterdir():
+            f.write_bytes(b"not an image")
+    result = run_cli(*tiny(folder, tmp_path / "run", "data.workers=2"), timeout=240)
+    assert result.returncode == 0, result.stderr
+    assert "4 steps/epoch" in result.stdout  # 18 images + 6 unreadable files = 24 samples, batch 6
+    for name in ("fifo.jpg", "sock.jpg", "bomb.png", "big.png", "zz_garbage1.jpg", "zz_garbage2.jpg"):
+        assert f"skipped corrupt image {cls / name}" in result.stderr
+    assert "not a regular file" in result.stderr and "DecompressionBomb" in result.stderr
+    assert result.stderr.count("already scanned") == 2  # loop1, loop2
+    assert result.stderr.count("overlaps class folder") == 2  # up (holds every class), steal
+    row = next(csv.DictReader(open(tmp_path / "run" / "summary.csv")))
+    assert int(row["corrupt_images"]) == 6 + 6  # each file once: 6 in train (replaced), 6 in val (dropped)
+    assert int(row["val_images"]) == 3
+
+
+RAISE_WITH_WORKERS = """
+import sys, torch
+from pgt_train.data.folder import build_datasets
+from pgt_train.data.torch_loader import TorchLoader
+from pgt_train.preempt import StopRequest
+StopRequest()  # the trainer's handlers, as in a run
+train, _ = build_datasets(sys.argv[1], num_classes=3, img_size=32, val_resize=None, crop_scale=(0.08, 1.0),
+                          crop_ratio=(0.75, 1.33), seed=0)
+loader = TorchLoader(train, batch_size=6, train=True, rank=0, world_size=1, seed=0, workers=2,
+                     device=torch.device("cpu"), channels_last=False)
+loader.set_epoch(0)
+for i, _ in enumerate(loader):
+    if i == 1:
+        raise RuntimeError("failure in the middle of an epoch")
+"""
+
+
+@pytest.mark.slow
+def test_uncaught_exception_with_workers_exits(jpeg_folder):
+    """An exception nobody catches, with loader workers alive, ends the process (it used to hang at exit:
+    multiprocessing SIGTERMs the workers and waits, and the workers ignored SIGTERM)."""
+    result = subprocess.run([sys.executable, "-c", RAISE_WITH_WORKERS, str(jpeg_folder)], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "failure in the middle of an epoch" in result.stderr
+
+
+def start_in_own_group(args):
+    """The trainer as the leader of a new process group, as a shell job or a torchrun rank is."""
+    proc = subprocess.Popen([sys.executable, "-m", "pgt_train", *map(str, args)], cwd=REPO,
+                            env={**os.environ, "OMP_NUM_THREADS": "2"}, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert os.getpgid(proc.pid) == proc.pid != os.getpgrp()  # never signal our own group
+    return proc
+
+
+def wait_for(path, proc, seconds=180):
+    deadline = time.time() + seconds
+    while not path.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, exit_code, message", [
+    (signal.SIGTERM, EXIT_PREEMPTED, "SIGTERM: saved"),  # SLURM / torchrun signal every process of the group
+    (signal.SIGINT, 130, "interrupted"),  # Ctrl-C in a terminal: the whole foreground group
+])
+def test_signal_to_the_process_group_with_workers(jpeg_folder, tmp_path, signum, exit_code, message):
+    run_dir = tmp_path / "run"
+    proc = start_in_own_group(tiny(jpeg_folder, run_dir, "data.workers=2", "sched.epochs=100",
+                                   "run.checkpoint_every=1"))
+    wait_for(run_dir / "last.pth", proc)  # training is under way
+    assert proc.poll() is None, proc.communicate()[1]
+    os.killpg(proc.pid, signum)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"{signal.Signals(signum).name} to the process group: still running after 60 s")
+    assert proc.returncode == exit_code, err
+    assert message in out + err and "Traceback" not in err
+    assert torch.load(run_dir / "last.pth", weights_only=True)["step"] >= 1

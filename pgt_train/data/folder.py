@@ -1,15 +1,25 @@
-"""ImageNet-layout folders (<root>/train/<class>/*, <root>/val/<class>/*) with the standard transforms."""
+"""ImageNet-layout folders (<root>/train/<class>/*, <root>/val/<class>/*) with the standard transforms.
+
+Hostile folders are handled here: the scan follows symlinked folders but never into a loop, a folder it
+has already scanned, or another class's folder; a file is opened only if it is a regular file (a FIFO
+named .jpg would block a reader forever); and images PIL flags as decompression bombs are unreadable.
+"""
 from __future__ import annotations
 
+import os
+import random
+import stat
+import sys
+import warnings
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from pgt_train.data.torch_loader import CorruptSample, sample_seed
+from pgt_train.data.torch_loader import REPLACEMENT_TRIES, CorruptSample, sample_seed
 from pgt_train.errors import UserError
-
 
 def train_transform(img_size: int, crop_scale, crop_ratio) -> v2.Compose:
     return v2.Compose([
@@ -24,28 +34,115 @@ def val_transform(img_size: int, val_resize: int | None) -> v2.Compose:
     return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(img_size), v2.PILToTensor()])
 
 
+class UnreadableImage(Exception):
+    """A file that is not an image we can decode safely; the message says why."""
+
+
+def read_rgb(path: str) -> Image.Image:
+    """The file at `path` as an RGB PIL image (grayscale, CMYK, RGBA, palette converted), or UnreadableImage."""
+    try:
+        mode = os.stat(path).st_mode  # follows symlinks: what open() would reach
+        if not stat.S_ISREG(mode):  # FIFO, socket, device: opening could block or have side effects
+            raise UnreadableImage("not a regular file")
+        with warnings.catch_warnings():
+            # Above Image.MAX_IMAGE_PIXELS PIL only warns; decoding would take minutes and gigabytes.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with open(path, "rb") as f:
+                return Image.open(f).convert("RGB")
+    except UnreadableImage:
+        raise
+    except Exception as e:  # PIL raises many types on hostile files (OSError, SyntaxError, struct.error, ...)
+        raise UnreadableImage(f"{type(e).__name__}: {e}") from None
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _scan_class(class_dir: str, other_classes: list[str], visited: set[str]) -> list[str]:
+    """Files under one class folder, sorted, following symlinked folders except into a loop, a folder
+    already scanned, or another class's folder (whose images would get this class's label).
+
+    visited: real paths of the folders scanned so far in this split (the class folders to begin with).
+    """
+    files, class_real = [], os.path.realpath(class_dir)
+    for root, dirs, names in os.walk(class_dir, followlinks=True):
+        keep = []
+        for d in sorted(dirs):
+            real = os.path.realpath(os.path.join(root, d))
+            clash = next((c for c in other_classes if _inside(real, c) or _inside(c, real)), None)
+            if real in visited or _inside(class_real, real) or clash:
+                why = (f"it overlaps class folder {clash}" if clash
+                       else "it was already scanned (a symlink loop or a duplicate)")
+                print(f"warning: data.root: skipped folder {os.path.join(root, d)} -> {real}: {why}", file=sys.stderr)
+                continue
+            visited.add(real)
+            keep.append(d)
+        dirs[:] = keep
+        files += [os.path.join(root, n) for n in names]
+    return sorted(files)
+
+
 class SeededImageFolder(datasets.ImageFolder):
     """ImageFolder whose keys are (index, epoch); the transform's random draws are seeded from them.
 
-    PIL's loader converts grayscale, CMYK, RGBA and palette images (JPEG or PNG) to RGB. A file that
-    cannot be decoded becomes a CorruptSample, which the loader drops from its batch and reports.
+    A file that cannot be read becomes a CorruptSample, which the loader reports and counts. With
+    `replace_unreadable` (training with data.skip_corrupt, set by TorchLoader) the CorruptSample carries a
+    random readable image in its place, so a batch keeps its size: no BatchNorm batch of one, no empty
+    batch, and every DDP rank still runs the same number of steps.
     """
 
     def __init__(self, root: Path, transform, seed: int):
-        super().__init__(str(root), transform=transform)
+        super().__init__(str(root), transform=transform, loader=read_rgb)
         self.seed = seed
+        self.replace_unreadable = False
+
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        """torchvision's listing, but with the loop-safe scan (its os.walk follows every symlink)."""
+        real_dirs = {c: os.path.realpath(os.path.join(directory, c)) for c in class_to_idx}
+        visited, samples, empty = set(real_dirs.values()), [], []
+        for name in sorted(class_to_idx):
+            others = [d for c, d in real_dirs.items() if c != name]
+            found = [(f, class_to_idx[name]) for f in _scan_class(os.path.join(directory, name), others, visited)
+                     if datasets.folder.has_file_allowed_extension(f, extensions)]
+            empty += [] if found else [name]
+            samples += found
+        if empty and not allow_empty:
+            raise FileNotFoundError(f"Found no valid file for the classes {', '.join(empty)}. "
+                                    f"Supported extensions are: {', '.join(extensions)}")
+        return samples
 
     def __getitem__(self, key):
         index, epoch = key
         path, target = self.samples[index]
         try:
             image = self.loader(path)
-        except (OSError, SyntaxError, ValueError) as e:  # PIL: truncated, unidentified or malformed files
-            return CorruptSample(path, f"{type(e).__name__}: {e}")
+        except UnreadableImage as e:
+            corrupt = CorruptSample(path, str(e))
+            if not self.replace_unreadable:
+                return corrupt
+            replacement = self._random_readable(sample_seed(self.seed, epoch, index))
+            if replacement is None:
+                return corrupt
+            return corrupt._replace(replacement=self._transformed(*replacement, epoch, index))
+        return self._transformed(image, target, epoch, index)
+
+    def _random_readable(self, seed: int):
+        """(image, target) of a readable sample drawn with `seed` (deterministic), or None."""
+        draw = random.Random(seed)
+        for _ in range(REPLACEMENT_TRIES):
+            path, target = self.samples[draw.randrange(len(self.samples))]
+            try:
+                return self.loader(path), target
+            except UnreadableImage:
+                continue  # counted when its own index comes up
+        return None
+
+    def _transformed(self, image, target: int, epoch: int, index: int):
         with torch.random.fork_rng(devices=[]):  # leaves the caller's RNG untouched (workers=0)
             torch.manual_seed(sample_seed(self.seed, epoch, index))
-            image = self.transform(image)
-        return image, target
+            return self.transform(image), target
 
 
 def _class_folders(split_dir: Path) -> list[str]:

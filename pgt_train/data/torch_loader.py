@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
@@ -19,18 +19,28 @@ from pgt_train.preempt import ignore_in_worker
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Training replaces an unreadable image by a random readable one; this many misses in a row mean the data
+# is broken rather than spotted with bad files (with half the files bad: 2^-32 per unreadable image).
+REPLACEMENT_TRIES = 32
 
 
 class CorruptSample(NamedTuple):
-    """What a dataset returns for a file it cannot decode."""
+    """What a dataset returns for a file it cannot decode; `replacement`: a readable (image, target) that
+    takes its place in the batch, or None (the batch is one image shorter)."""
     path: str
     reason: str
+    replacement: Optional[tuple] = None
 
 
 def collate_skipping_corrupt(samples: list):
-    """default_collate over the readable samples; the corrupt ones come back as a list beside them."""
+    """(images, targets, corrupt): default_collate over the readable samples and the replacements, the
+    corrupt ones as a list beside them. images and targets are None when nothing in the batch was readable."""
     corrupt = [s for s in samples if isinstance(s, CorruptSample)]
-    images, targets = default_collate([s for s in samples if not isinstance(s, CorruptSample)])
+    readable = [s.replacement if isinstance(s, CorruptSample) else s for s in samples]
+    readable = [s for s in readable if s is not None]
+    if not readable:
+        return None, None, corrupt
+    images, targets = default_collate(readable)
     return images, targets, corrupt
 
 
@@ -84,6 +94,8 @@ class TorchLoader:
     def __init__(self, dataset: Dataset, *, batch_size: int, train: bool, rank: int, world_size: int, seed: int,
                  workers: int, device: torch.device, channels_last: bool, skip_corrupt: bool = True):
         self.train, self.skip_corrupt, self.corrupt_seen = train, skip_corrupt, 0
+        if hasattr(dataset, "replace_unreadable"):  # training batches keep their size (see SeededImageFolder)
+            dataset.replace_unreadable = train and skip_corrupt
         self.batch_size = batch_size
         self.sampler = (EpochIndexSampler(dataset, rank=rank, world_size=world_size, seed=seed) if train
                         else ShardSampler(len(dataset), rank=rank, world_size=world_size))
@@ -105,6 +117,17 @@ class TorchLoader:
     def __len__(self) -> int:
         return self.full_epoch_batches
 
+    def _report(self, corrupt: list[CorruptSample]) -> None:
+        for sample in corrupt:
+            if not self.skip_corrupt:
+                raise UserError(f"corrupt image {sample.path} ({sample.reason}); remove or replace it, "
+                                f"or set data.skip_corrupt=true to skip such files with a warning")
+            if self.train and sample.replacement is None:
+                raise UserError(f"unreadable image {sample.path} ({sample.reason}) and {REPLACEMENT_TRIES} "
+                                f"random others too: check data.root (permissions, a broken disk or copy)")
+            print(f"warning: skipped corrupt image {sample.path} ({sample.reason})", file=sys.stderr)
+        self.corrupt_seen += len(corrupt)
+
     def take_corrupt_count(self) -> int:
         """Corrupt files met since the last call (the epoch summary reports them)."""
         count, self.corrupt_seen = self.corrupt_seen, 0
@@ -112,12 +135,9 @@ class TorchLoader:
 
     def __iter__(self):
         for images, targets, corrupt in self.loader:
-            for sample in corrupt:
-                if not self.skip_corrupt:
-                    raise UserError(f"corrupt image {sample.path} ({sample.reason}); remove or replace it, "
-                                    f"or set data.skip_corrupt=true to skip such files with a warning")
-                print(f"warning: skipped corrupt image {sample.path} ({sample.reason})", file=sys.stderr)
-            self.corrupt_seen += len(corrupt)
+            self._report(corrupt)
+            if images is None:  # validation only (training replaces unreadable images): nothing to score
+                continue
             images = images.to(self.device, non_blocking=True)
             images = images.contiguous(memory_format=self.memory_format).float().sub_(self.mean).div_(self.std)
             yield images, targets.to(self.device, non_blocking=True)
