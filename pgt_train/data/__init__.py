@@ -43,8 +43,9 @@ def prepare_demo(cfg: DataConfig, dist: DistInfo) -> None:
             make_demo_dataset(Path(cfg.root), seed=d.seed, num_classes=d.classes, train_per_class=d.train_per_class,
                               val_per_class=d.val_per_class, image_size=d.image_size, difficulty=d.difficulty,
                               workers=max(1, cfg.workers))
-        except FileExistsError as e:  # data.root points at a folder the generator did not write
-            raise UserError(f"data.root: {e}; point data.root at an empty or demo folder") from None
+        except FileExistsError as e:  # data.root holds something the generator did not write: never touched
+            raise UserError(f"data.root: {e}; point data.root at a new or empty folder for the demo images, "
+                            f"or set data.demo.enabled=false to train on this folder") from None
     barrier()
 
 

@@ -33,7 +33,9 @@ from PIL import Image
 
 # Bump when the rendering changes, so cached datasets are regenerated.
 GENERATOR_VERSION = 1
-PARAMS_FILE = "demo_params.json"
+# Written last into a folder the generator made: the folder is its own, and so are the files listed inside.
+MARKER = ".pgt-demo.json"
+LEGACY_PARAMS_FILE = "demo_params.json"  # the marker before version 0.1 (same images; file list implied)
 SPLITS = ("train", "val")
 
 SHAPES = ("circle", "square", "triangle", "star", "cross")
@@ -145,12 +147,77 @@ def write_image(job):
     Image.fromarray(pixels, "RGB").save(Path(out_dir) / f"{index:05d}.jpg", "JPEG", quality=quality)
 
 
-def read_params(root):
-    """Parameters stored with a completely written dataset, or None."""
+def planned_files(params):
+    """Relative paths of the images the generator writes for ``params``, in writing order."""
+    names = class_names(params["num_classes"])
+    per_split = zip(SPLITS, (params["train_per_class"], params["val_per_class"]))
+    return [f"{split}/{name}/{i:05d}.jpg" for split, per_class in per_split for name in names for i in range(per_class)]
+
+
+def read_marker(root):
+    """``{"params": ..., "files": [...]}`` of a folder the generator wrote completely, or None.
+
+    ``files`` lists every file it wrote there, the marker included. A folder from before the marker
+    existed carries ``demo_params.json`` instead; its file list follows from the parameters.
+    """
     try:
-        return json.loads((root / PARAMS_FILE).read_text())
-    except (OSError, ValueError):
+        marker = json.loads((root / MARKER).read_text())
+        if isinstance(marker.get("params"), dict) and all(isinstance(f, str) for f in marker["files"]):
+            return marker
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        pass
+    try:
+        params = json.loads((root / LEGACY_PARAMS_FILE).read_text())
+        return {"params": params, "files": [*planned_files(params), LEGACY_PARAMS_FILE]}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return None
+
+
+def foreign_entry(root, marker):
+    """The first path under ``root`` that the generator did not write (per ``marker``; None: nothing is
+    its), or None when everything there is the generator's. Symlinks are never the generator's."""
+    files = set(marker["files"]) if marker else set()
+    folders = {parent.as_posix() for f in files for parent in Path(f).parents} - {"."}
+    for folder, dirs, names in os.walk(root):
+        rel = Path(folder).relative_to(root)
+        for name in sorted(dirs) + sorted(names):
+            path = (rel / name).as_posix()
+            ours = folders if name in dirs else files
+            if path not in ours or os.path.islink(os.path.join(folder, name)):
+                return path
+    return None
+
+
+def remove_generated(root, marker):
+    """Deletes the files ``marker`` lists and then their folders, which must then be empty (rmdir, never
+    rmtree): a file that appeared meanwhile makes this fail rather than go."""
+    for f in marker["files"]:
+        (root / f).unlink(missing_ok=True)
+    folders = {parent for f in marker["files"] for parent in Path(f).parents} - {Path(".")}
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        if (root / folder).exists():
+            (root / folder).rmdir()
+    root.rmdir()
+
+
+def write_dataset(out, params, workers):
+    """Renders every image of ``params`` into the new folder ``out``, then the marker that claims them."""
+    jobs = []
+    names = class_names(params["num_classes"])
+    for split_id, (split, per_class) in enumerate(zip(SPLITS, (params["train_per_class"], params["val_per_class"]))):
+        for label, name in enumerate(names):
+            out_dir = out / split / name
+            out_dir.mkdir(parents=True)
+            jobs += [(str(out_dir), params["seed"], split_id, label, i, params["num_classes"], params["image_size"],
+                      params["difficulty"]) for i in range(per_class)]
+    if workers > 1:
+        with multiprocessing.Pool(workers) as pool:
+            pool.map(write_image, jobs, chunksize=64)
+    else:
+        for job in jobs:
+            write_image(job)
+    marker = {"generator": "pgt_train.data.demo", "params": params, "files": [*planned_files(params), MARKER]}
+    (out / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
 
 
 def make_demo_dataset(
@@ -166,12 +233,14 @@ def make_demo_dataset(
 ):
     """Generate (once) the demo ImageFolder dataset under ``root``; return ``root`` as a Path.
 
-    Reuses ``root`` when its ``demo_params.json`` matches these parameters.
-    Otherwise builds the dataset in a temporary sibling directory and renames
-    it into place, so an interrupted run never leaves a dataset that looks
-    complete. The params file is written last. ``workers`` only changes speed,
-    not output (0 or 1: generate in this process). Call it from one process
-    only (e.g. rank 0, then a barrier): concurrent calls on the same root race.
+    Reuses ``root`` when its marker (``.pgt-demo.json``) has these parameters and its files are all there.
+    Otherwise builds the dataset in a temporary sibling folder, writes the marker last and renames the
+    folder into place, so an interrupted run never leaves a folder that looks complete.
+
+    Never deletes anything it did not write: ``root`` may be missing, empty, or a folder holding only the
+    files its marker lists (those are replaced); anything else raises FileExistsError and nothing is
+    touched. ``workers`` only changes speed, not output (0 or 1: generate in this process). Call it from
+    one process only (e.g. rank 0, then a barrier): concurrent calls on the same root race.
 
     Class attribute combinations repeat every 15 classes (5 shapes x 3
     frequencies), so beyond 15 classes some pairs differ by hue alone.
@@ -187,38 +256,25 @@ def make_demo_dataset(
         "image_size": image_size,
         "difficulty": difficulty,
     }
-    if read_params(root) == params:
+    marker = read_marker(root)
+    if marker and marker["params"] == params and all((root / f).is_file() for f in marker["files"]):
         return root
-    # Only ever replace something that this function could have written.
-    if root.exists() and not set(os.listdir(root)) <= {*SPLITS, PARAMS_FILE}:
-        raise FileExistsError(f"{root} exists and does not look like a demo dataset; refusing to overwrite it")
+    if root.exists() or root.is_symlink():
+        foreign = foreign_entry(root, marker) if root.is_dir() and not root.is_symlink() else "."
+        if foreign is not None:
+            what = "it is not a folder" if foreign == "." else f"it holds {foreign}, which the generator did not write"
+            raise FileExistsError(f"{root} is not a demo folder ({what}); nothing in it was changed")
 
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
     tmp.chmod(0o755)  # mkdtemp makes it owner-only; the dataset should be ordinarily readable
     try:
-        jobs = []
-        names = class_names(num_classes)
-        for split_id, (split, per_class) in enumerate(zip(SPLITS, (train_per_class, val_per_class))):
-            for label, name in enumerate(names):
-                out_dir = tmp / split / name
-                out_dir.mkdir(parents=True)
-                jobs += [(str(out_dir), seed, split_id, label, i, num_classes, image_size, difficulty) for i in range(per_class)]
-        if workers > 1:
-            with multiprocessing.Pool(workers) as pool:
-                pool.map(write_image, jobs, chunksize=64)
-        else:
-            for job in jobs:
-                write_image(job)
-        (tmp / PARAMS_FILE).write_text(json.dumps(params, indent=2) + "\n")
-        if root.exists():
-            # Move the stale copy aside first: renaming onto a non-empty directory fails.
-            stale = Path(tempfile.mkdtemp(prefix=f".{root.name}.stale-", dir=root.parent))
-            os.replace(root, stale / root.name)
-            shutil.rmtree(stale)
-        os.replace(tmp, root)
+        write_dataset(tmp, params, workers)
+        if marker and root.exists():
+            remove_generated(root, marker)
+        os.replace(tmp, root)  # onto a missing or empty folder
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # the temporary folder is ours alone
         raise
     return root
 
@@ -237,16 +293,19 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=defaults["workers"])
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    root = make_demo_dataset(
-        args.root,
-        seed=args.seed,
-        num_classes=args.classes,
-        train_per_class=args.train_per_class,
-        val_per_class=args.val_per_class,
-        image_size=args.image_size,
-        difficulty=args.difficulty,
-        workers=args.workers,
-    )
+    try:
+        root = make_demo_dataset(
+            args.root,
+            seed=args.seed,
+            num_classes=args.classes,
+            train_per_class=args.train_per_class,
+            val_per_class=args.val_per_class,
+            image_size=args.image_size,
+            difficulty=args.difficulty,
+            workers=args.workers,
+        )
+    except FileExistsError as e:
+        parser.exit(2, f"{parser.prog}: error: {e}; choose a new or empty folder\n")
     counts = {split: sum(1 for _ in (root / split).glob("*/*.jpg")) for split in SPLITS}
     print(
         f"demo dataset at {root.resolve()}: {counts['train']} train + {counts['val']} val images, "
