@@ -127,9 +127,8 @@ def _octaves(rng, h: int, w: int, octaves) -> np.ndarray:
     """Sum of Gaussian noise fields upsampled (bicubic) from cell-sized grids: 1/f-like texture."""
     out = np.zeros((h, w), np.float32)
     for cell, amp in octaves:
-        grid = rng.normal(0, amp, (h // cell + 2, w // cell + 2)).astype(np.float32)
-        out += (np.asarray(Image.fromarray(grid, mode="F").resize((w, h), Image.BICUBIC)) if cell > 1
-                else grid[:h, :w])
+        grid = rng.normal(0, amp, (h // cell + 2, w // cell + 2)).astype(np.float32)  # PIL reads float32 as mode F
+        out += np.asarray(Image.fromarray(grid).resize((w, h), Image.BICUBIC)) if cell > 1 else grid[:h, :w]
     return out
 
 

@@ -184,6 +184,17 @@ def test_a_file_the_batched_decode_rejects_is_retried_alone_then_counted(jpeg_fo
             assert torch.equal(images, good) and torch.equal(targets, good_targets)
 
 
+def test_a_batch_of_only_corrupt_files_is_reported_with_the_next_batch(jpeg_folder):
+    from pgt_train.data.gpu_decode import DecodedBatches
+    _, (_, enc_val) = datasets(jpeg_folder)
+    broken = [CorruptSample("a.jpg", "bad"), CorruptSample("b.jpg", "bad")]
+    good = [enc_val[(i, 0)] for i in range(2)]
+    batches = DecodedBatches([collate_encoded(broken), collate_encoded(good)],
+                             BatchDecoder(enc_val, device=torch.device("cpu")))
+    (images, targets, corrupt), = list(batches)
+    assert images.shape == (2, 3, IMG, IMG) and [c.path for c in corrupt] == ["a.jpg", "b.jpg"]
+
+
 def test_a_fifo_named_jpg_is_not_opened(tmp_path):
     """Opening a FIFO blocks until a writer appears: the worker must not read one (SIGALRM ends a hang)."""
     import signal

@@ -178,7 +178,8 @@ class BatchDecoder:
         self.dataset, self.device = dataset, device
         transforms = dataset.folder.transform.transforms
         self.train = dataset.train
-        self.crop = transforms[0] if self.train else None  # the torchvision path's RandomResizedCrop object
+        crop = transforms[0]  # the torchvision path's RandomResizedCrop object (train)
+        self.resized_crop = getattr(crop, "transform", None) or crop._transform  # torchvision < 0.21: _transform
         self.val_geometry = None if self.train else v2.Compose(transforms[:-1])  # Resize, CenterCrop (no PILToTensor)
 
     def decode(self, batch: EncodedBatch) -> tuple[list, list]:
@@ -202,7 +203,7 @@ class BatchDecoder:
         if not self.train:
             return self.val_geometry(image)
         top, left, height, width = box
-        image = self.crop.transform(image, dict(top=top, left=left, height=height, width=width))
+        image = self.resized_crop(image, dict(top=top, left=left, height=height, width=width))
         return TF.horizontal_flip(image) if flip else image
 
     def __call__(self, batch: EncodedBatch):
