@@ -17,7 +17,8 @@ The batch's bytes travel as one concatenated tensor (one shared-memory block per
 In the main process, torchvision.io.decode_jpeg decodes the list on `device` (nvJPEG on CUDA; libjpeg-turbo
 on the CPU, which is how the tests run this code), then the same transform objects crop, resize
 (antialiased) and flip each image on the device (val: Resize + CenterCrop). A file the batched decode
-rejects is retried alone on the CPU; one that fails there too is skipped and counted as corrupt.
+rejects is retried alone on the CPU; one that fails there too is counted as corrupt and, in training,
+replaced by another image of the batch (as the torchvision path keeps training batches whole).
 Sharding, exactly-once validation, mid-epoch resume and normalisation are TorchLoader's: this loader is a
 TorchLoader whose DataLoader yields encoded batches, decoded before TorchLoader normalises them.
 """
