@@ -32,7 +32,7 @@ import yaml
 
 from pgt_train import config
 from pgt_train.errors import UserError
-from pgt_train.writers import SUMMARY_COLUMNS
+from pgt_train.writers import SUMMARY_COLUMNS, read_summary
 
 PAPER_RESULTS = Path(__file__).parent / "reference" / "paper_results.yaml"
 TABLE_TITLES = {1: "batch-normalised networks", 2: "ResNet-18 without BN", 3: "ResNet-50 ablation"}
@@ -119,17 +119,16 @@ def load_run(path: Path) -> Run:
     if not summary_path.is_file():
         raise UserError(f"{path}: no summary.csv (has the run finished an epoch?)")
     tree = read_config(config_path)
-    with open(summary_path, newline="") as f:
-        reader = csv.DictReader(f)
-        rows = list(reader)
+    rows = read_summary(summary_path)
     if not rows:
         raise UserError(f"{summary_path}: no epochs recorded yet")
-    missing = [c for c in REQUIRED_COLUMNS if c not in reader.fieldnames]
+    fieldnames = [c for c in rows[0] if c is not None]  # None: csv's key for cells beyond the header
+    missing = [c for c in REQUIRED_COLUMNS if c not in fieldnames]
     if missing:
         raise UserError(f"{summary_path}: missing column(s) {', '.join(missing)}")
     # Every column this version writes, NaN where an older run (or diagnostics off) left it out.
     columns = {c: np.array([number(r.get(c), where=f"{summary_path} column {c}") for r in rows])
-               for c in dict.fromkeys([*SUMMARY_COLUMNS, *reader.fieldnames])}
+               for c in dict.fromkeys([*SUMMARY_COLUMNS, *fieldnames])}
     return Run(path=path, settings=config.flat_settings(tree), columns=columns)
 
 

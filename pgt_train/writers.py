@@ -17,10 +17,17 @@ SUMMARY_COLUMNS = [
 
 
 def read_summary(path: Path) -> list[dict]:
+    """summary.csv's rows as dicts of strings; [] when there is no file yet."""
     if not Path(path).is_file():
         return []
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def run_finished(run_dir: Path, epochs: int) -> bool:
+    """Epochs count from 1, so a run folder is finished once summary.csv holds the row of epoch == `epochs`
+    (sched.epochs); scripts skip such runs rather than start them again."""
+    return any(row.get("epoch") == str(epochs) for row in read_summary(Path(run_dir) / "summary.csv"))
 
 
 class RunWriter:

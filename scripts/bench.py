@@ -15,51 +15,29 @@ Every figure is printed as min / median / max over the repeats.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from pgt_train import engine, models, optim
+from pgt_train.benchmarking import (SPREAD_HEADER, bare_steps, loader_rates, machine_banner, make_jpeg_folder,
+                                    spread_row as row, timed)
 from pgt_train.config import DiagConfig
 from pgt_train.diagnostics import Diagnostics
+from pgt_train.dist import pick_device
 from pgt_train.pgt import pgt_cross_entropy
+from pgt_train.trainer import AMP_DTYPES
 from pgt_train.writers import RunWriter
-
-AMP = {"fp16": torch.float16, "bf16": torch.bfloat16, "none": None}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device: torch.device) -> float:
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
-
-
-def spread(values: list[float]) -> tuple[float, float, float]:
-    return min(values), statistics.median(values), max(values)
-
-
-def row(name: str, values: list[float], unit: str) -> str:
-    lo, mid, hi = spread(values)
-    return f"  {name:<46} {lo:>10.4g} {mid:>10.4g} {hi:>10.4g}  {unit}"
 
 
 class Setup:
     """Model, optimizer and scaler as the trainer builds them, plus fixed batches on the device."""
 
     def __init__(self, args, device: torch.device):
-        self.device, self.amp = device, AMP[args.amp] if device.type == "cuda" else None
+        self.device, self.amp = device, AMP_DTYPES[args.amp] if device.type == "cuda" else None  # fp32 on the CPU
         torch.manual_seed(0)
         model = models.build_model(args.model, num_classes=args.classes)
         self.model, self.plain = models.prepare(model, device=device, channels_last=args.channels_last,
@@ -76,21 +54,16 @@ class Setup:
         self.alpha = args.alpha
 
     def bare_steps(self, loss_fn, steps: int) -> None:
-        """The minimal training loop: what any hand-written PyTorch script does per step."""
-        for i in range(steps):
-            images, targets = self.batches[i % len(self.batches)]
-            with engine.autocast(self.device, self.amp):
-                loss = loss_fn(self.model(images), targets)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
+        bare_steps(self.model, self.optimizer, self.scaler, self.batches, loss_fn, steps=steps, device=self.device,
+                   amp_dtype=self.amp)
 
     def engine_steps(self, steps: int) -> None:
         loader = [self.batches[i % len(self.batches)] for i in range(steps)]
         engine.train_one_epoch(self.model, loader, self.pgt_loss, self.optimizer, self.scheduler, self.scaler,
                                device=self.device, epoch=1, start_step=0, steps=steps,
-                               opts=engine.StepOptions(amp_dtype=self.amp), clip_params=[])
+                               opts=engine.StepOptions(amp_dtype=self.amp), clip_params=[],
+                               totals=engine.EpochTotals(self.device),
+                               nonfinite_run=torch.zeros((), device=self.device, dtype=torch.int64))
 
     def pgt_loss(self, logits, targets):
         return pgt_cross_entropy(logits, targets, self.alpha)
@@ -163,25 +136,17 @@ def bench_trainer(s: Setup, args, step_time: float) -> tuple[list[str], float]:
 
 
 def bench_loader(args, device: torch.device, trainer_img_s: float) -> list[str]:
-    from pgt_train.data.demo import make_demo_dataset
     from pgt_train.data.folder import build_datasets
     from pgt_train.data.torch_loader import TorchLoader
-    root = Path(tempfile.gettempdir()) / "pgt_bench_jpegs"
-    make_demo_dataset(root, num_classes=10, train_per_class=args.loader_images // 10, val_per_class=1,
-                      image_size=args.jpeg_size, workers=max(1, args.workers))
-    train_set, _ = build_datasets(str(root), num_classes=10, img_size=args.img_size, val_resize=None,
-                                  crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3), seed=0)
-    loader = TorchLoader(train_set, batch_size=args.batch, train=True, rank=0, world_size=1, seed=0,
-                         workers=args.workers, device=device, channels_last=args.channels_last)
-    rates = []
-    for epoch in range(args.repeats + 1):
-        loader.set_epoch(epoch)
-        start, n = time.perf_counter(), 0
-        for images, _ in loader:
-            n += images.shape[0]
-        sync(device)
-        if epoch:  # epoch 0 starts the workers
-            rates.append(n / (time.perf_counter() - start))
+    with tempfile.TemporaryDirectory() as tmp:
+        # square photo-like JPEGs (smooth texture): the decode cost of images of that side
+        root = make_jpeg_folder(Path(tmp), classes=10, train=args.loader_images // 10, val=1, sides=args.jpeg_size,
+                                noise=60.0, grain=8)
+        train_set, _ = build_datasets(str(root), num_classes=10, img_size=args.img_size, val_resize=None,
+                                      crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3), seed=0)
+        loader = TorchLoader(train_set, batch_size=args.batch, train=True, rank=0, world_size=1, seed=0,
+                             workers=args.workers, device=device, channels_last=args.channels_last)
+        rates = loader_rates(loader, passes=args.repeats, device=device)  # an untimed epoch starts the workers
     per_worker = [r / max(args.workers, 1) for r in rates]
     return [
         row(f"torchvision loader, {args.workers} workers, {args.jpeg_size}px JPEG", rates, "img/s"),
@@ -196,7 +161,7 @@ def main(argv=None) -> None:
     p.add_argument("--model")
     p.add_argument("--img-size", type=int)
     p.add_argument("--batch", type=int)
-    p.add_argument("--amp", choices=tuple(AMP), default="fp16")
+    p.add_argument("--amp", choices=tuple(AMP_DTYPES), default="fp16")
     p.add_argument("--alpha", type=float, default=0.3)
     p.add_argument("--classes", type=int, default=1000)
     p.add_argument("--steps", type=int, help="steps per timed block")
@@ -207,8 +172,7 @@ def main(argv=None) -> None:
     p.add_argument("--loader-images", type=int, default=400)
     p.add_argument("--skip-loader", action="store_true")
     args = p.parse_args(argv)
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
+    device = pick_device(args.device)
     gpu = device.type == "cuda"
     args.model = args.model or ("resnet50" if gpu else "resnet18")
     args.img_size = args.img_size or (224 if gpu else 64)
@@ -218,13 +182,11 @@ def main(argv=None) -> None:
     if gpu:
         torch.backends.cudnn.benchmark = True
 
-    name = torch.cuda.get_device_name(device) if gpu else platform.processor() or platform.machine()
-    print(f"machine: {platform.node()} {name}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
-          f"device {device}")
+    print(machine_banner(device))
     print(f"setup: {args.model} {args.img_size}px batch {args.batch} classes {args.classes} "
           f"precision {args.amp if gpu else 'fp32'} channels_last {args.channels_last} compile {args.compile} "
           f"alpha {args.alpha}; {args.steps} steps per block, {args.repeats} rounds")
-    print(f"  {'figure':<46} {'min':>10} {'median':>10} {'max':>10}")
+    print(SPREAD_HEADER)
     s = Setup(args, device)
     s.bare_steps(F.cross_entropy, 3)  # warm-up: allocator, cudnn autotune, compile
     s.engine_steps(3)

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Training-loader throughput: the torchvision path vs DALI (CPU pipeline) on the same JPEG folder.
 
-    python scripts/bench_loader.py                         # ~200 generated 500x375 JPEGs in a temp dir
-    python scripts/bench_loader.py --data /path/to/imagenet --workers 4 --limit 2000
+    python scripts/bench_loader.py                         # 200 generated photo-like JPEGs (330-530 px sides)
+    python scripts/bench_loader.py --data /path/to/imagenet --workers 4
 
 Both loaders are built by pgt_train.data.build_loaders exactly as a training run builds them (decode,
 RandomResizedCrop 224, flip, normalise on the device, CPU here), with `--workers` worker processes
@@ -12,68 +12,26 @@ pass is one epoch of the train loader. Prints images/s and images/s per worker, 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
+from pgt_train.benchmarking import loader_rates, machine_banner, make_jpeg_folder
 from pgt_train.config import DataConfig
 from pgt_train.data import build_loaders
 from pgt_train.dist import DistInfo
 
-
-def make_folder(root: Path, images: int, classes: int = 4, seed: int = 0) -> Path:
-    """ImageNet-like JPEGs: ~500x375 (either orientation), smooth noise so they compress like photos."""
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", images), ("val", classes)):
-        for i in range(n):
-            folder = root / split / f"n{i % classes:08d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            w, h = (500, 375) if rng.random() < 0.7 else (375, 500)
-            w, h = int(w * rng.uniform(0.9, 1.1)), int(h * rng.uniform(0.9, 1.1))
-            small = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
-            img = Image.fromarray(small).resize((w, h), Image.BICUBIC)
-            img.save(folder / f"{i:05d}.JPEG", quality=90)
-    return root
-
-
-def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    versions = [f"python {platform.python_version()}", f"torch {torch.__version__}"]
-    for name in ("torchvision", "PIL", "nvidia.dali"):
-        try:
-            module = __import__(name, fromlist=["__version__"])
-            versions.append(f"{name} {module.__version__}")
-        except ImportError:
-            versions.append(f"{name} missing")
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}\n" + ", ".join(versions)
+CLASSES = 4  # of the generated folder
 
 
 def bench(loader_name: str, root: Path, *, num_classes: int, batch: int, workers: int, repeats: int) -> list[float]:
     cfg = DataConfig(root=str(root), loader=loader_name, batch_size=batch, workers=workers, img_size=224,
                      dali_device="cpu")
     train, _ = build_loaders(cfg, num_classes=num_classes, seed=0, dist=DistInfo(), channels_last=False)
-    rates = []
-    for epoch in range(repeats + 1):  # pass 0 warms up
-        train.set_epoch(epoch)
-        start, n = time.perf_counter(), 0
-        for images, _ in train:
-            assert images.shape[1:] == (3, 224, 224)
-            n += images.shape[0]
-        if epoch:
-            rates.append(n / (time.perf_counter() - start))
-    return rates
+    return loader_rates(train, passes=repeats, device=torch.device("cpu"))  # after one untimed warm-up pass
 
 
 def main(argv=None) -> int:
@@ -88,10 +46,12 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)  # the main process only normalises; keep the cores for the loaders
 
     with tempfile.TemporaryDirectory() as tmp:
-        root = args.data or make_folder(Path(tmp), args.images)
+        # ImageNet-like: sides 330-530 px (mean about 430), smooth texture that compresses like a photo
+        root = args.data or make_jpeg_folder(Path(tmp), classes=CLASSES, train=args.images // CLASSES, val=1,
+                                             sides=(330, 530), noise=60.0, grain=8)
         classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
         n_train = sum(1 for _ in (root / "train").rglob("*") if _.is_file())
-        print(machine())
+        print(machine_banner(torch.device("cpu")))
         print(f"data {root}: {n_train} train images, {len(classes)} classes; RandomResizedCrop 224 + flip, "
               f"batch {args.batch}, {args.workers} worker(s), {args.repeats} timed epochs after 1 warm-up\n")
         print(f"{'loader':<12} {'img/s min':>10} {'median':>8} {'max':>8} {'per worker (median)':>20}")

@@ -18,9 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from reproduce import exit_quietly_on_closed_pipe, finished  # scripts/ is on sys.path when this file runs
-
 from pgt_train import config
+from pgt_train.errors import exit_quietly_on_closed_pipe
+from pgt_train.writers import run_finished
 
 ROOT = Path(__file__).resolve().parents[1]
 PROXY = ROOT / "configs" / "proxy"
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
             cfg = config.load(recipe, overrides)
             cmd = [sys.executable, "-m", "pgt_train", "--config", str(recipe.relative_to(ROOT)), *overrides,
                    "--resume", "auto"]
-            status = "skip" if finished(run_dir, cfg.sched.epochs) else "run"
+            status = "skip" if run_finished(run_dir, cfg.sched.epochs) else "run"
             print(f"{recipe.stem} seed {seed}: {status}  {shlex.join(cmd)}", flush=True)
             if args.dry_run or status == "skip":
                 continue

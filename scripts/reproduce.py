@@ -15,7 +15,6 @@ Output to a closed pipe (`--dry-run | head -1`) stops quietly with exit status 1
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import shlex
 import subprocess
@@ -25,7 +24,9 @@ from pathlib import Path
 import yaml
 
 from pgt_train import config
+from pgt_train.errors import exit_quietly_on_closed_pipe
 from pgt_train.pgt import IMPLS as PGT_IMPLS
+from pgt_train.writers import run_finished
 
 ROOT = Path(__file__).resolve().parents[1]
 INDEX = ROOT / "configs" / "paper" / "index.yaml"
@@ -50,15 +51,6 @@ def rows_of(index: dict, table: str | None, grid: str | None) -> list[tuple[str,
         fail(f"no grid '{grid}' in {INDEX.relative_to(ROOT)} (valid: {', '.join(index['grids'])})")
     return [(f"alpha={a}", spec["recipe"], [*spec["overrides"], f"pgt.alpha={a}", f"run.dir={spec['run_dir']}/alpha{a}"])
             for a in spec["alphas"]]
-
-
-def finished(run_dir: Path, epochs: int) -> bool:
-    """summary.csv counts epochs from 1, so a run is done once it has the row of epoch == sched.epochs."""
-    summary = run_dir / "summary.csv"
-    if not summary.is_file():
-        return False
-    with open(summary, newline="") as f:
-        return any(int(r["epoch"]) == epochs for r in csv.DictReader(f))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -96,7 +88,7 @@ def plan_row(args, recipe: str, overrides: list[str]) -> tuple[str, Path, list[s
     data_root = args.data or cfg.data.root
     if not args.dry_run and not Path(data_root).is_dir():
         fail(f"data folder not found: {data_root} (pass --data /path/to/imagenet)")
-    status = ("skip" if finished(run_dir, cfg.sched.epochs) else
+    status = ("skip" if run_finished(run_dir, cfg.sched.epochs) else
               "resume" if (run_dir / "last.pth").is_file() else "start")
     launcher = ([sys.executable, "-m"] if args.gpus == 1 else
                 [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.gpus}", "-m"])
@@ -121,17 +113,6 @@ def main(argv=None) -> int:
                   f"resume it (finished rows are skipped).", file=sys.stderr)
             return 1
     return 0
-
-
-def exit_quietly_on_closed_pipe(main_fn) -> None:
-    """sys.exit(main_fn()), but a reader that closed stdout (`| head -1`) ends the script as SIGPIPE would
-    end a shell tool: no traceback, exit status 141 (128 + SIGPIPE), nothing more launched."""
-    try:
-        code = main_fn()
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's final flush is quiet
-        code = 141
-    sys.exit(code)
 
 
 def _main_with_config_errors() -> int:
