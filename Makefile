@@ -1,19 +1,32 @@
 # Two entry points that work on a fresh machine with Python >= 3.10:
-#   make demo   set up .venv, generate the demo JPEGs, train a ResNet with PGT on the CPU
-#   make test   set up .venv (with the DALI extra and pytest), run the test suite
+#   make demo   set up .venv with what the demo uses, generate the demo JPEGs, train a ResNet with PGT on the CPU
+#   make test   set up .venv with everything (DALI, report and test extras), run the test suite
+# The first install downloads PyTorch with its CUDA libraries (about 5.3 GB installed; the DALI extra
+# that only `make test` adds is about another 1 GB). pip prints each package as it goes.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+PIP := $(BIN)/pip install --disable-pip-version-check --progress-bar on
 
-$(BIN)/pgt-train: pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dali,dev]"
+
+# Stamp files: an install reruns when pyproject.toml changes.
+$(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
+	@echo "Installing pgt-train and PyTorch into $(VENV) (a few GB the first time) ..."
+	$(PIP) -e .
 	touch $@
 
-.PHONY: setup demo test
-setup: $(BIN)/pgt-train
+$(VENV)/.installed-all: pyproject.toml | $(BIN)/python
+	@echo "Installing pgt-train with the dali, report and dev extras into $(VENV) (a few GB the first time) ..."
+	$(PIP) -e ".[dali,report,dev]"
+	touch $@ $(VENV)/.installed-demo
 
-demo: setup
+.PHONY: setup setup-demo demo test
+setup-demo: $(VENV)/.installed-demo
+setup: $(VENV)/.installed-all
+
+demo: setup-demo
 	$(BIN)/pgt-train --config configs/demo.yaml
 
 test: setup

@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pgt_train.errors import UserError
 from pgt_train.preempt import EXIT_PREEMPTED
 from tests.conftest import REPO, make_jpeg_folder, run_cli
 
@@ -189,3 +190,30 @@ def test_signal_to_the_process_group_with_workers(jpeg_folder, tmp_path, signum,
     assert proc.returncode == exit_code, err
     assert message in out + err and "Traceback" not in err
     assert torch.load(run_dir / "last.pth", weights_only=True)["step"] >= 1
+
+
+def training_loader(root, **kw):
+    from pgt_train.data.folder import build_datasets
+    from pgt_train.data.torch_loader import TorchLoader
+    train, _ = build_datasets(str(root), num_classes=3, img_size=32, val_resize=None, crop_scale=(0.08, 1.0),
+                              crop_ratio=(0.75, 1.33), seed=0)
+    return train, TorchLoader(train, batch_size=6, train=True, rank=0, world_size=1, seed=0, workers=0,
+                              device=torch.device("cpu"), channels_last=False, **kw)
+
+
+def test_replacement_of_an_unreadable_image_is_deterministic(folder):
+    (folder / "train" / "a_round" / "train_0.jpg").write_bytes(b"broken")
+    train, _ = training_loader(folder)  # the loader switches replacement on for training
+    first, second = train[(0, 3)], train[(0, 3)]
+    assert first.path.endswith("train_0.jpg") and first.replacement is not None
+    assert torch.equal(first.replacement[0], second.replacement[0]) and first.replacement[1] == second.replacement[1]
+    assert not torch.equal(train[(0, 4)].replacement[0], first.replacement[0])  # another epoch, another draw
+
+
+def test_training_stops_when_nothing_is_readable(folder):
+    for f in (folder / "train").rglob("*.jpg"):
+        f.write_bytes(b"broken")
+    _, loader = training_loader(folder)
+    loader.set_epoch(0)
+    with pytest.raises(UserError, match="and 32 random others too"):
+        next(iter(loader))
