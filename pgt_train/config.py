@@ -57,7 +57,7 @@ class DemoConfig:
 @dataclass(frozen=True)
 class DataConfig:
     root: Optional[str] = None  # ImageFolder root holding train/ and val/
-    loader: str = "torchvision"  # torchvision | dali | synthetic
+    loader: str = "torchvision"  # torchvision | nvjpeg (decode on the device) | dali | synthetic
     batch_size: int = 1024  # GLOBAL batch: each of W processes takes batch_size / W per optimizer step
     accum_steps: int = 1  # micro-batches per optimizer step; the global batch stays batch_size
     workers: int = 8  # loader worker processes per rank
