@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import yaml
 
-from pgt_train.pgt import IMPLS as PGT_IMPLS
+from pgt_train.pgt import IMPLS as PGT_IMPLS, check_alpha
 from pgt_train.errors import UserError
 
 
@@ -319,26 +319,37 @@ def _validate_sched(s: SchedConfig) -> None:
         raise ConfigError(f"sched.gamma: must lie in (0, 1], got {s.gamma}")
 
 
-def _validate(cfg: Config) -> None:
-    def fail(key, why):
-        raise ConfigError(f"{key}: {why}")
+def _fail(key: str, why: str):
+    raise ConfigError(f"{key}: {why}")
 
+
+def _validate(cfg: Config) -> None:
     for key, choices in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if value not in choices:
             shown = ", ".join("null" if c is None else c for c in choices)
-            fail(key, f"'{value}' is not one of: {shown}")
+            _fail(key, f"'{value}' is not one of: {shown}")
+    for key, value in _float_fields(cfg):
+        if not math.isfinite(value):
+            _fail(key, f"must be a finite number, got {value}")
+    _validate_signs(cfg)
+    _validate_sched(cfg.sched)
+    _validate_ranges(cfg)
+    _validate_data(cfg)
+
+
+def _validate_signs(cfg: Config) -> None:
     positive = {
         "model.num_classes": cfg.model.num_classes, "data.batch_size": cfg.data.batch_size,
         "data.accum_steps": cfg.data.accum_steps, "data.img_size": cfg.data.img_size,
         "data.train_size": cfg.data.train_size, "data.val_size": cfg.data.val_size,
         "sched.epochs": cfg.sched.epochs, "run.log_interval": cfg.run.log_interval,
-        "run.max_nonfinite_steps": cfg.run.max_nonfinite_steps,
+        "run.max_nonfinite_steps": cfg.run.max_nonfinite_steps, "optim.lr": cfg.optim.lr,
     }
     for key, value in positive.items():
         if value <= 0:
-            fail(key, f"must be > 0, got {value}")
+            _fail(key, f"must be > 0, got {value}")
     for key, value in {"data.workers": cfg.data.workers, "run.checkpoint_every": cfg.run.checkpoint_every,
                        "diag.interval": cfg.diag.interval, "diag.zero_threshold": cfg.diag.zero_threshold,
                        "sched.warmup_epochs": cfg.sched.warmup_epochs,
@@ -346,39 +357,42 @@ def _validate(cfg: Config) -> None:
                        "optim.weight_decay": cfg.optim.weight_decay, "sched.warmup_lr": cfg.sched.warmup_lr,
                        "sched.min_lr": cfg.sched.min_lr}.items():
         if value < 0:
-            fail(key, f"must be >= 0, got {value}")
-    if not cfg.optim.lr > 0:
-        fail("optim.lr", f"must be > 0, got {cfg.optim.lr}")
+            _fail(key, f"must be >= 0, got {value}")
+
+
+def _validate_ranges(cfg: Config) -> None:
     if not 0 <= cfg.optim.momentum < 1:
-        fail("optim.momentum", f"must lie in [0, 1), got {cfg.optim.momentum}")
+        _fail("optim.momentum", f"must lie in [0, 1), got {cfg.optim.momentum}")
     if cfg.optim.nesterov and cfg.optim.momentum == 0:
-        fail("optim.nesterov", "Nesterov needs optim.momentum > 0")
-    _validate_sched(cfg.sched)
+        _fail("optim.nesterov", "Nesterov needs optim.momentum > 0")
     if not 0 <= cfg.seed < 2**63:
-        fail("seed", f"must lie in [0, 2^63), got {cfg.seed}")
-    for key, value in _float_fields(cfg):
-        if not math.isfinite(value):
-            fail(key, f"must be a finite number, got {value}")
-    alpha = cfg.pgt.alpha
-    if alpha is not None and not (math.isfinite(alpha) and 0 < alpha <= 1):
-        fail("pgt.alpha", f"must lie in (0, 1] (or null for off), got {alpha}")
+        _fail("seed", f"must lie in [0, 2^63), got {cfg.seed}")
+    if cfg.pgt.alpha is not None:
+        try:
+            check_alpha(cfg.pgt.alpha)  # the library's own rule: one definition of a valid alpha
+        except ValueError:
+            _fail("pgt.alpha", f"must lie in (0, 1] (or null for off), got {cfg.pgt.alpha}")
+    # [0, 1) rather than torch's [0, 1]: at 1 the target is uniform and training learns nothing
     if not 0 <= cfg.loss.label_smoothing < 1:
-        fail("loss.label_smoothing", f"must lie in [0, 1), got {cfg.loss.label_smoothing}")
+        _fail("loss.label_smoothing", f"must lie in [0, 1), got {cfg.loss.label_smoothing}")
     if cfg.clip.mode != "none" and not cfg.clip.value > 0:
-        fail("clip.value", f"must be > 0 when clip.mode is {cfg.clip.mode}, got {cfg.clip.value}")
+        _fail("clip.value", f"must be > 0 when clip.mode is {cfg.clip.mode}, got {cfg.clip.value}")
+
+
+def _validate_data(cfg: Config) -> None:
     lo, hi = cfg.data.crop_scale
     if not 0 < lo <= hi <= 1:
-        fail("data.crop_scale", f"must be 0 < min <= max <= 1, got {[lo, hi]}")
+        _fail("data.crop_scale", f"must be 0 < min <= max <= 1, got {[lo, hi]}")
     lo, hi = cfg.data.crop_ratio
     if not 0 < lo <= hi:
-        fail("data.crop_ratio", f"must be 0 < min <= max, got {[lo, hi]}")
+        _fail("data.crop_ratio", f"must be 0 < min <= max, got {[lo, hi]}")
     if cfg.data.loader != "synthetic" and not cfg.data.root:
-        fail("data.root", f"is required for data.loader: {cfg.data.loader} (a folder holding train/ and val/)")
-    if cfg.data.demo.enabled and cfg.data.loader == "synthetic":
-        fail("data.demo.enabled", "the demo writes JPEG files; use data.loader: torchvision or dali")
+        _fail("data.root", f"is required for data.loader: {cfg.data.loader} (a folder holding train/ and val/)")
     demo = cfg.data.demo
+    if demo.enabled and cfg.data.loader == "synthetic":
+        _fail("data.demo.enabled", "the demo writes JPEG files; use data.loader: torchvision, nvjpeg or dali")
     if demo.enabled and demo.classes != cfg.model.num_classes:
-        fail("model.num_classes", f"is {cfg.model.num_classes} but data.demo.classes is {demo.classes}")
+        _fail("model.num_classes", f"is {cfg.model.num_classes} but data.demo.classes is {demo.classes}")
 
 
 # ---------------------------------------------------------------------------------------------
