@@ -7,6 +7,7 @@ all-reduce every `sync_every` steps (run.log_interval: the trainer's one host sy
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -52,6 +53,21 @@ def ignore_in_worker(_worker_id: int = 0) -> None:
     parent = os.getppid()
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # threads started later inherit the mask
     threading.Thread(target=_obey_parent_only, args=(parent,), name="pgt-worker-signals", daemon=True).start()
+
+
+@contextlib.contextmanager
+def children_ignore_sigint():
+    """Around the fork of loader workers: they inherit SIGINT ignored, so Ctrl-C (sent to the whole
+    foreground process group) reaches only the trainer, which stops and shuts the workers down. Without
+    it, a worker still starting up dies of it with a traceback. A Ctrl-C during the fork itself is lost."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _obey_parent_only(parent: int) -> None:

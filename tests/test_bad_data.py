@@ -188,17 +188,17 @@ def test_signal_to_the_process_group_with_workers(jpeg_folder, tmp_path, signum,
         proc.communicate()
         pytest.fail(f"{signal.Signals(signum).name} to the process group: still running after 60 s")
     assert proc.returncode == exit_code, err
-    assert message in out + err and "Traceback" not in err
+    assert message in out + err and "Traceback" not in err, err
     assert torch.load(run_dir / "last.pth", weights_only=True)["step"] >= 1
 
 
-def training_loader(root, **kw):
+def training_loader(root, workers=0):
     from pgt_train.data.folder import build_datasets
     from pgt_train.data.torch_loader import TorchLoader
     train, _ = build_datasets(str(root), num_classes=3, img_size=32, val_resize=None, crop_scale=(0.08, 1.0),
                               crop_ratio=(0.75, 1.33), seed=0)
-    return train, TorchLoader(train, batch_size=6, train=True, rank=0, world_size=1, seed=0, workers=0,
-                              device=torch.device("cpu"), channels_last=False, **kw)
+    return train, TorchLoader(train, batch_size=6, train=True, rank=0, world_size=1, seed=0, workers=workers,
+                              device=torch.device("cpu"), channels_last=False)
 
 
 def test_replacement_of_an_unreadable_image_is_deterministic(folder):
@@ -217,3 +217,17 @@ def test_training_stops_when_nothing_is_readable(folder):
     loader.set_epoch(0)
     with pytest.raises(UserError, match="and 32 random others too"):
         next(iter(loader))
+
+
+def test_workers_leave_ctrl_c_to_the_trainer(jpeg_folder):
+    """Workers are forked with SIGINT ignored (a Ctrl-C during their start-up would kill them with a
+    traceback); the trainer's own Ctrl-C handling is back once they run."""
+    _, loader = training_loader(jpeg_folder, workers=2)
+    loader.set_epoch(0)
+    batches = iter(loader)
+    next(batches)
+    for worker in loader.loader._iterator._workers:
+        ignored = int(next(line for line in open(f"/proc/{worker.pid}/status") if line.startswith("SigIgn:")).split()[1], 16)
+        assert ignored >> (signal.SIGINT - 1) & 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    del batches, loader

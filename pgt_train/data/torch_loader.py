@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 
 from pgt_train.errors import UserError
-from pgt_train.preempt import ignore_in_worker
+from pgt_train.preempt import children_ignore_sigint, ignore_in_worker
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -134,7 +134,9 @@ class TorchLoader:
         return count
 
     def __iter__(self):
-        for images, targets, corrupt in self.loader:
+        with children_ignore_sigint():  # forks the workers the first time (persistent_workers)
+            batches = iter(self.loader)
+        for images, targets, corrupt in batches:
             self._report(corrupt)
             if images is None:  # validation only (training replaces unreadable images): nothing to score
                 continue
