@@ -31,3 +31,8 @@ demo: setup-demo
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The inner loop: the tests that spawn no process and train for no more than a couple of seconds (`-m "not slow"`).
+.PHONY: test-fast
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"

@@ -1,20 +1,19 @@
 """The trainer end to end, as a user runs it: real JPEGs, real subprocesses, outputs read back."""
-import csv
-
 import pytest
 import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pgt_train import config
-from pgt_train.writers import SUMMARY_COLUMNS
-from tests.conftest import run_cli
+from pgt_train.writers import SUMMARY_COLUMNS, read_summary
+from tests.helpers import run_cli, tiny_run_args
+
+pytestmark = pytest.mark.slow  # every test here runs pgt-train in a subprocess
 
 
 def tiny_run(root, run_dir, *extra):
-    return ["--config", "/dev/null", f"data.root={root}", "model.name=resnet18", "model.num_classes=3",
-            "data.batch_size=6", "data.img_size=32", "data.workers=0", "sched.epochs=2", "sched.warmup_epochs=1",
-            "optim.lr=0.05", "pgt.alpha=0.3", "run.progress=false", f"run.dir={run_dir}", *extra]
+    """Two epochs on the 3-class JPEG folder (real decoding), α 0.3."""
+    return tiny_run_args(run_dir, *extra, root=root, classes=3, batch=6, img_size=32, lr=0.05)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +26,7 @@ def two_epoch_run(jpeg_folder, tmp_path_factory):
 
 def test_outputs_of_a_run(two_epoch_run, jpeg_folder):
     run_dir, result = two_epoch_run
-    rows = list(csv.DictReader(open(run_dir / "summary.csv")))
+    rows = read_summary(run_dir / "summary.csv")
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert set(SUMMARY_COLUMNS) <= set(rows[0])
     assert all(int(r["val_images"]) == 9 for r in rows)  # 3 classes x 3 val JPEGs, each counted once
@@ -53,14 +52,14 @@ def test_resume_is_bit_exact(two_epoch_run, jpeg_folder, tmp_path):
     run_dir = tmp_path / "resumed"
     first = run_cli(*tiny_run(jpeg_folder, run_dir), "--run-epochs", "1")
     assert first.returncode == 0, first.stderr
-    assert len(list(csv.DictReader(open(run_dir / "summary.csv")))) == 1
+    assert len(read_summary(run_dir / "summary.csv")) == 1
     second = run_cli(*tiny_run(jpeg_folder, run_dir), "--resume", "auto")
     assert second.returncode == 0, second.stderr
     a = torch.load(straight_dir / "last.pth", weights_only=True)["model"]
     b = torch.load(run_dir / "last.pth", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    rows_a = list(csv.DictReader(open(straight_dir / "summary.csv")))
-    rows_b = list(csv.DictReader(open(run_dir / "summary.csv")))
+    rows_a = read_summary(straight_dir / "summary.csv")
+    rows_b = read_summary(run_dir / "summary.csv")
     skip = {"train_img_per_s", "epoch_time_s"}
     assert [{k: v for k, v in r.items() if k not in skip} for r in rows_a] == \
            [{k: v for k, v in r.items() if k not in skip} for r in rows_b]
@@ -98,10 +97,8 @@ def test_print_config_prints_resolved_yaml(jpeg_folder, tmp_path):
 
 def test_compiled_training_with_pgt_saves_plain_keys(tmp_path):
     run_dir = tmp_path / "compiled"
-    result = run_cli("--config", "/dev/null", "data.loader=synthetic", "model.name=resnet18", "model.num_classes=10",
-                     "data.batch_size=16", "data.train_size=64", "data.val_size=32", "data.img_size=32",
-                     "data.workers=0", "sched.epochs=1", "sched.warmup_epochs=0", "pgt.alpha=0.3", "run.compile=true",
-                     "run.progress=false", f"run.dir={run_dir}")
+    result = run_cli(*tiny_run_args(run_dir, "run.compile=true", classes=10, batch=16, train_size=64, val_size=32,
+                                    img_size=32, epochs=1, warmup=0, lr=None))
     assert result.returncode == 0, result.stderr
     keys = torch.load(run_dir / "last.pth", weights_only=True)["model"].keys()
     assert "conv1.weight" in keys and not any(k.startswith(("_orig_mod.", "module.")) for k in keys)

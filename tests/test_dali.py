@@ -4,16 +4,11 @@ Checks what a training run relies on: tensors of the right kind, ImageFolder's c
 checkpoints move between loaders), every val image counted exactly once over any number of ranks,
 and a checkpoint trained with the torchvision loader scoring the same through DALI.
 """
-import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 pytest.importorskip("nvidia.dali")
 
@@ -22,7 +17,8 @@ from pgt_train.config import DataConfig  # noqa: E402
 from pgt_train.data import build_loaders  # noqa: E402
 from pgt_train.data.torch_loader import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from pgt_train.dist import DistInfo  # noqa: E402
-from tests.conftest import REPO  # noqa: E402
+from pgt_train.writers import read_summary  # noqa: E402
+from tests.helpers import make_jpeg_folder, run_torchrun, tiny_run_args  # noqa: E402
 
 # Created in this order; ImageFolder sorts them: apple 0, mango 1, zebra 2. Each class has its own hue.
 CLASSES = {"zebra": (200, 30, 30), "apple": (30, 200, 30), "mango": (30, 30, 200)}
@@ -32,16 +28,8 @@ N_VAL = VAL_PER_CLASS * len(CLASSES)  # 15: odd, so 2 ranks hold 7 and 8
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("dali_jpegs")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", TRAIN_PER_CLASS), ("val", VAL_PER_CLASS)):
-        for name, colour in CLASSES.items():
-            (root / split / name).mkdir(parents=True)
-            for i in range(n):
-                h, w = rng.integers(40, 90, size=2)
-                pixels = np.clip(np.array(colour) + rng.normal(0, 30, (h, w, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(root / split / name / f"{i}.jpg", quality=90)
-    return root
+    return make_jpeg_folder(tmp_path_factory.mktemp("dali_jpegs"), classes=list(CLASSES), train=TRAIN_PER_CLASS,
+                            val=VAL_PER_CLASS, colours=list(CLASSES.values()), sides=(40, 90), noise=30.0)
 
 
 @pytest.fixture
@@ -114,18 +102,15 @@ def test_channels_last_is_the_same_batch(folder):
         assert torch.equal(a, b) and torch.equal(ta, tb)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_count_every_val_image(folder, tmp_path):
     run_dir = tmp_path / "run"
-    args = ["--config", "/dev/null", f"data.root={folder}", "data.loader=dali", "data.dali_device=cpu",
-            "model.name=resnet18", "model.num_classes=3", "data.batch_size=8", "data.img_size=32", "data.workers=1",
-            "sched.epochs=1", "sched.warmup_epochs=0", "optim.lr=0.05", "run.progress=false", f"run.dir={run_dir}"]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             "-m", "pgt_train", *args], cwd=REPO, env={**env, "OMP_NUM_THREADS": "1"},
-                            capture_output=True, text=True, timeout=300)
+    args = tiny_run_args(run_dir, "data.loader=dali", "data.dali_device=cpu", root=folder, classes=3, img_size=32,
+                         workers=1, epochs=1, warmup=0, lr=0.05, alpha=None)
+    result = run_torchrun(2, args)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "on 2 x cpu" in result.stdout
-    rows = list(csv.DictReader(open(run_dir / "summary.csv")))
+    rows = read_summary(run_dir / "summary.csv")
     assert [int(r["val_images"]) for r in rows] == [N_VAL]
     assert torch.load(run_dir / "last.pth", weights_only=True)["config"]["data"]["loader"] == "dali"
 
@@ -139,12 +124,11 @@ def predictions(model, val):
     return torch.cat(out)
 
 
+@pytest.mark.slow
 def test_torchvision_checkpoint_scores_the_same_through_dali(folder, tmp_path, one_thread):
     run_dir = tmp_path / "tv"
-    code = cli.main(["--config", "/dev/null", f"data.root={folder}", "data.loader=torchvision", "model.name=resnet18",
-                     "model.num_classes=3", "data.batch_size=8", "data.img_size=32", "data.workers=0",
-                     "sched.epochs=2", "sched.warmup_epochs=0", "optim.lr=0.05", "run.progress=false",
-                     f"run.dir={run_dir}"])
+    code = cli.main(tiny_run_args(run_dir, "data.loader=torchvision", root=folder, classes=3, img_size=32, warmup=0,
+                                  lr=0.05, alpha=None))
     assert code == 0
     model = models.build_model("resnet18", num_classes=3)
     model.load_state_dict(torch.load(run_dir / "last.pth", weights_only=True)["model"])

@@ -11,15 +11,11 @@ ReLU here and there). Real bugs are ~1000x larger: doubling the LR (gradients su
 or stepping on half the batch (no all-reduce, wrong per-rank batch) move weights by ~0.1, i.e. by
 more than the whole update.
 """
-import csv
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
-from tests.conftest import REPO
+from pgt_train.writers import read_summary
+from tests.helpers import finish, run_torchrun, start_torchrun, tiny_run_args
 
 GLOBAL_BATCH, TRAIN_SIZE, VAL_SIZE = 32, 100, 101  # 100: a partial last batch to drop; 101: odd over 2 ranks
 MAX_ABS_DIFF = 2e-4  # measured <= 3e-5; bugs >= 1e-1
@@ -27,29 +23,8 @@ MAX_REL_DIFF = 2e-2  # per tensor |w_a - w_b| / |w_a - w0|: measured <= 2.4e-3; 
 
 
 def train_args(run_dir, *extra):
-    return ["--config", "/dev/null", "data.loader=synthetic", "model.name=resnet18", "model.norm=none",
-            "model.num_classes=10", f"data.batch_size={GLOBAL_BATCH}", "data.img_size=32",
-            f"data.train_size={TRAIN_SIZE}", f"data.val_size={VAL_SIZE}", "data.workers=0", "sched.epochs=2",
-            "sched.warmup_epochs=0", "optim.lr=0.02", "pgt.alpha=0.3", "amp.dtype=none", "run.device=cpu",
-            "run.progress=false", f"run.dir={run_dir}", *map(str, extra)]
-
-
-def env():
-    clean = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                                "MASTER_PORT")}
-    return {**clean, "OMP_NUM_THREADS": "1"}
-
-
-def start(args, nproc=1):
-    launcher = [sys.executable, "-m", "pgt_train"] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "pgt_train"]
-    return subprocess.Popen(launcher + args, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-
-
-def finish(proc, timeout=300):
-    out, err = proc.communicate(timeout=timeout)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return tiny_run_args(run_dir, "model.norm=none", "amp.dtype=none", "run.device=cpu", *extra, classes=10,
+                         batch=GLOBAL_BATCH, img_size=32, train_size=TRAIN_SIZE, val_size=VAL_SIZE, warmup=0)
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +32,9 @@ def runs(tmp_path_factory):
     """The three trainings at once (each process is single-threaded)."""
     tmp = tmp_path_factory.mktemp("ddp")
     procs = {
-        "ddp2": start(train_args(tmp / "ddp2"), nproc=2),
-        "single": start(train_args(tmp / "single")),
-        "accum2": start(train_args(tmp / "accum2", "data.accum_steps=2")),
+        "ddp2": start_torchrun(2, train_args(tmp / "ddp2")),
+        "single": start_torchrun(1, train_args(tmp / "single")),
+        "accum2": start_torchrun(1, train_args(tmp / "accum2", "data.accum_steps=2")),
     }
     results = {name: finish(p) for name, p in procs.items()}
     for name in results:
@@ -78,7 +53,7 @@ def initial_weights():
 
 
 def summary(run_dir):
-    return list(csv.DictReader(open(run_dir / "summary.csv")))
+    return read_summary(run_dir / "summary.csv")
 
 
 def assert_same_training(a_dir, b_dir):
@@ -102,16 +77,19 @@ def assert_same_training(a_dir, b_dir):
             assert abs(float(ra[key]) - float(rb[key])) <= 100 / (3 * GLOBAL_BATCH) + 1e-6, key
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(runs):
     assert "on 2 x cpu" in runs["ddp2"][1].stdout and "on 1 x cpu" in runs["single"][1].stdout
     assert_same_training(runs["single"][0], runs["ddp2"][0])
 
 
+@pytest.mark.slow
 def test_every_val_image_counted_once(runs):
     for name in ("ddp2", "single", "accum2"):
         assert [int(r["val_images"]) for r in summary(runs[name][0])] == [VAL_SIZE, VAL_SIZE], name
 
 
+@pytest.mark.slow
 def test_accumulation_trains_like_one_batch(runs):
     assert_same_training(runs["single"][0], runs["accum2"][0])
 
@@ -127,6 +105,7 @@ def test_batch_that_does_not_split_exits_2_with_one_line(tmp_path, capsys):
     assert not (tmp_path / "bad" / "last.pth").exists()
 
 
+@pytest.mark.slow
 def test_sigterm_to_torchrun_stops_all_ranks_at_one_step_and_resumes_exactly(tmp_path):
     """torchrun forwards SIGTERM to its workers; they agree on a step (every run.log_interval steps), rank 0
     writes last.pth, and `--resume auto` under torchrun ends with the weights of an uninterrupted run."""
@@ -135,9 +114,9 @@ def test_sigterm_to_torchrun_stops_all_ranks_at_one_step_and_resumes_exactly(tmp
     sync_every = 10
     # 480 images / 32 = 15 steps an epoch: the first agreement point (step 10) lies inside epoch 1
     extra = ("data.train_size=480", "run.checkpoint_every=1", f"run.log_interval={sync_every}")
-    straight = start(train_args(tmp_path / "straight", *extra), nproc=2)
+    straight = start_torchrun(2, train_args(tmp_path / "straight", *extra))
     run_dir = tmp_path / "preempted"
-    proc = start(train_args(run_dir, *extra), nproc=2)
+    proc = start_torchrun(2, train_args(run_dir, *extra))
     deadline = time.time() + 120
     while not (run_dir / "last.pth").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -147,7 +126,7 @@ def test_sigterm_to_torchrun_stops_all_ranks_at_one_step_and_resumes_exactly(tmp
     state = torch.load(run_dir / "last.pth", weights_only=True)
     assert state["step"] % sync_every == 0 or state["batches_done"] == 0, "ranks stop only at an agreement point"
     assert state["step"] < 30 and len(state["rng"]) == 2, "stopped early, with both ranks' RNG states"
-    resumed = finish(start(train_args(run_dir, *extra, "--resume", "auto"), nproc=2))
+    resumed = run_torchrun(2, train_args(run_dir, *extra, "--resume", "auto"))
     assert resumed.returncode == 0, resumed.stderr
     assert finish(straight).returncode == 0
     a, b = weights(tmp_path / "straight"), weights(run_dir)

@@ -2,7 +2,7 @@
 import re
 import subprocess
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def dockerfile_instructions():

@@ -1,16 +1,11 @@
 """scripts/proxy_study.py --recipes: runs only the named recipes; an unknown name is one line, exit 2."""
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import run_python
 
 
 def proxy_study(*args):
-    return subprocess.run([sys.executable, "scripts/proxy_study.py", "--dry-run", *args], cwd=ROOT,
-                          capture_output=True, text=True)
+    return run_python("scripts/proxy_study.py", "--dry-run", *args)
 
 
 @pytest.mark.slow

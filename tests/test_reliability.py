@@ -1,9 +1,7 @@
 """Preemption, crash-safe checkpoints, untrusted checkpoints, divergence, export: with real processes and files."""
-import csv
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 
@@ -14,16 +12,14 @@ from torch import nn
 from pgt_train import checkpoint
 from pgt_train.checkpoint import CheckpointError
 from pgt_train.preempt import EXIT_PREEMPTED
-from tests.conftest import REPO, run_cli
+from pgt_train.writers import read_summary
+from tests.helpers import finish, run_cli, start_cli, start_python, tiny_run_args
 
-SYNTH = ["--config", "/dev/null", "data.loader=synthetic", "model.name=resnet18", "model.num_classes=4",
-         "model.norm=none", "data.img_size=16", "data.workers=0", "data.batch_size=8", "data.train_size=96",
-         "data.val_size=16", "sched.epochs=2", "sched.warmup_epochs=1", "optim.lr=0.02", "pgt.alpha=0.3",
-         "run.progress=false"]
+SYNTH = tiny_run_args(None, "model.norm=none", train_size=96)  # 12 steps an epoch
 
 
 def rows(run_dir):
-    return list(csv.DictReader(open(run_dir / "summary.csv")))
+    return read_summary(run_dir / "summary.csv")
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +30,16 @@ def straight_run(tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_sigterm_mid_epoch_then_resume_is_exact(straight_run, tmp_path):
     run_dir = tmp_path / "preempted"
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    cmd = [sys.executable, "-m", "pgt_train", *SYNTH, f"run.dir={run_dir}", "run.checkpoint_every=2"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_cli(*SYNTH, f"run.dir={run_dir}", "run.checkpoint_every=2")
     deadline = time.time() + 120
     while not (run_dir / "last.pth").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)  # the first mid-epoch checkpoint (step 2 of 12) proves training is under way
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
+    stopped = finish(proc, timeout=60)
+    out, err = stopped.stdout, stopped.stderr
     assert proc.returncode == EXIT_PREEMPTED, err
     assert "SIGTERM: saved" in out and "--resume auto" in out
     state = torch.load(run_dir / "last.pth", weights_only=True)
@@ -57,6 +53,7 @@ def test_sigterm_mid_epoch_then_resume_is_exact(straight_run, tmp_path):
     assert [r["val_top1"] for r in rows(run_dir)] == [r["val_top1"] for r in rows(straight_run)]
 
 
+@pytest.mark.slow
 def test_sigkill_during_save_leaves_previous_checkpoint_loadable(tmp_path):
     target = tmp_path / "last.pth"
     writer = textwrap.dedent(f"""
@@ -69,7 +66,7 @@ def test_sigkill_during_save_leaves_previous_checkpoint_loadable(tmp_path):
             checkpoint.save({str(target)!r}, {{**big, "i": i}})
     """)
     for delay in (0.3, 0.55, 0.8):
-        proc = subprocess.Popen([sys.executable, "-c", writer], cwd=REPO)
+        proc = start_python("-c", writer)
         deadline = time.time() + 60
         while not target.exists() and time.time() < deadline:
             time.sleep(0.01)
@@ -96,6 +93,7 @@ def test_full_disk_keeps_previous_checkpoint(tmp_path):
         subprocess.run(["umount", str(mount)])
 
 
+@pytest.mark.slow
 def test_checkpoint_with_pickled_code_is_refused(tmp_path):
     marker = tmp_path / "pwned"
 
@@ -130,6 +128,7 @@ def test_checkpoint_of_plain_tensors_without_format_tag(tmp_path):
         checkpoint.load(path)
 
 
+@pytest.mark.slow
 def test_checkpoint_from_another_model_or_config(straight_run, tmp_path):
     other_model = run_cli(*SYNTH, "model.name=resnet10t", f"run.dir={tmp_path / 'a'}", "--resume",
                           straight_run / "last.pth")
@@ -159,6 +158,7 @@ def test_ddp_and_compile_prefixes_load_into_a_plain_model():
     assert torch.equal(fresh[0].weight, plain[0].weight + 1)
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     run_dir = tmp_path / "diverge"
     # Warmup starts at 4e-4, so step 1 is sane and saved; the LR then climbs towards 1e12 and the loss blows up.
@@ -174,11 +174,13 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_resume_refuses_an_override_the_saved_optimizer_would_ignore(straight_run, tmp_path):
     result = run_cli(*SYNTH, f"run.dir={tmp_path}", "optim.lr=0.5", "--resume", straight_run / "last.pth")
     assert result.returncode == 2 and "optim.lr=0.02 but the config has 0.5" in result.stderr
 
 
+@pytest.mark.slow
 def test_export_safetensors_loads_in_timm_and_plain(straight_run, tmp_path):
     import timm
     from safetensors.torch import load_file

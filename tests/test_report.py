@@ -1,9 +1,7 @@
 """pgt-report end to end: real tiny runs through the CLI, plus hand-made run folders for what a CPU cannot train
 (a paper row's setup) and for exact numbers (seed statistics)."""
 import csv
-import os
 import statistics
-import subprocess
 import sys
 
 import numpy as np
@@ -12,34 +10,26 @@ from PIL import Image
 
 from pgt_train import config
 from pgt_train.report import main
-from pgt_train.writers import SUMMARY_COLUMNS
-from tests.conftest import REPO
+from pgt_train.writers import SUMMARY_COLUMNS, read_summary
+from tests.helpers import REPO, finish, run_python, start_cli, tiny_run_args
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-TINY = ["--config", "/dev/null", "data.loader=synthetic", "model.name=resnet18", "model.num_classes=4",
-        "model.norm=none", "data.img_size=16", "data.workers=0", "data.batch_size=8", "data.train_size=32",
-        "data.val_size=16", "sched.epochs=2", "sched.warmup_epochs=1", "optim.lr=0.02", "run.progress=false",
-        "diag.interval=2"]
+TINY = tiny_run_args(None, "model.norm=none", "diag.interval=2", alpha=None)  # α per run below
 
 
-def python(*args, timeout=180) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two runs side by side on two cores
-    return subprocess.run([sys.executable, "-m", *map(str, args)], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+def python(*args, timeout=180):
+    return run_python("-m", *args, threads=1, timeout=timeout)  # two runs side by side on two cores
 
 
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
     """A baseline and a PGT run (α 0.3) with every other setting equal, trained at the same time."""
     root = tmp_path_factory.mktemp("runs")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = {name: subprocess.Popen([sys.executable, "-m", "pgt_train", *TINY, f"pgt.alpha={alpha}",
-                                     f"run.dir={root / name}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)
+    procs = {name: start_cli(*TINY, f"pgt.alpha={alpha}", f"run.dir={root / name}", threads=1)
              for name, alpha in (("base", "null"), ("pgt", 0.3))}
     for name, proc in procs.items():
-        _, err = proc.communicate(timeout=180)
-        assert proc.returncode == 0, f"{name}: {err}"
+        done = finish(proc, timeout=180)
+        assert done.returncode == 0, f"{name}: {done.stderr}"
     return root
 
 
@@ -57,7 +47,7 @@ def read_csv(path):
 
 
 def final(run_dir, column):
-    return float(read_csv(run_dir / "summary.csv")[-1][column])
+    return float(read_summary(run_dir / "summary.csv")[-1][column])
 
 
 @pytest.mark.slow
@@ -269,6 +259,7 @@ def test_seeds_form_one_group(tmp_path):
     assert f"| {mean:.2f} ± {std:.2f} |" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_missing_folder_is_one_line_exit_2(tmp_path):
     result = python("pgt_train.report", tmp_path / "nope", "--out", tmp_path / "r")
     assert result.returncode == 2

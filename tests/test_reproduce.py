@@ -8,14 +8,15 @@ import pytest
 import yaml
 
 from pgt_train import config
+from tests.helpers import REPO, run_python
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "reproduce.py"
-INDEX = yaml.safe_load((ROOT / "configs" / "paper" / "index.yaml").read_text())
+pytestmark = pytest.mark.slow  # each test runs a script in a subprocess
+SCRIPT = REPO / "scripts" / "reproduce.py"
+INDEX = yaml.safe_load((REPO / "configs" / "paper" / "index.yaml").read_text())
 
 
 def reproduce(*args):
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    return run_python(SCRIPT, *args, timeout=60)
 
 
 def plan(stdout: str) -> list[tuple[str, list[str]]]:
@@ -30,7 +31,7 @@ def expected(what: str, name: str, runs: Path) -> list[tuple[str, list[str]]]:
     if what == "--table":
         out = []
         for e in INDEX[f"table{name}"]:
-            cfg = config.load(ROOT / e["recipe"])
+            cfg = config.load(REPO / e["recipe"])
             impl = "exact" if cfg.pgt.alpha is not None else "nopgt"
             out.append((e["recipe"], [f"run.dir={runs / 'paper' / impl / Path(cfg.run.dir).relative_to('runs/paper')}"]))
         return out
@@ -82,12 +83,11 @@ def test_reading_and_impl_pick_separate_run_folders_and_baselines_are_shared(tmp
     assert "pgt.impl=official" in pgt_row and "pgt.impl=official" not in plan(r.stdout)[0][1]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("script", ["reproduce.py", "proxy_study.py"])
 def test_closed_stdout_stops_quietly(script):
     """`--dry-run | head -1`: the reader is gone before the first line; exit 141 as SIGPIPE, no traceback."""
     args = ["--table", "1", "--dry-run"] if script == "reproduce.py" else ["--dry-run"]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / script), *args], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / script), *args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()  # the pipe's reader exits at once
     err = proc.stderr.read().decode()
@@ -128,10 +128,9 @@ def test_bad_input_is_one_line_and_runs_nothing(args, message):
 
 
 def test_proxy_study_dry_run_lists_every_recipe_and_seed(tmp_path):
-    result = subprocess.run([sys.executable, "scripts/proxy_study.py", "--dry-run", "--seeds", "0", "1",
-                             "--runs-root", str(tmp_path / "runs")], cwd=ROOT, capture_output=True, text=True)
+    result = run_python("scripts/proxy_study.py", "--dry-run", "--seeds", "0", "1", "--runs-root", tmp_path / "runs")
     assert result.returncode == 0, result.stderr
-    recipes = sorted(p.stem for p in (ROOT / "configs" / "proxy").glob("*.yaml") if p.stem != "base")
+    recipes = sorted(p.stem for p in (REPO / "configs" / "proxy").glob("*.yaml") if p.stem != "base")
     assert len(recipes) >= 4
     for recipe in recipes:
         for seed in (0, 1):

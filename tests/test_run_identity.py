@@ -3,12 +3,9 @@ import pytest
 
 from pgt_train import checkpoint, config
 from pgt_train.checkpoint import CheckpointError
-from tests.conftest import run_cli
+from tests.helpers import run_cli, tiny_run_args
 
-TINY = ["--config", "/dev/null", "data.loader=synthetic", "model.name=resnet10t", "model.num_classes=4",
-        "data.img_size=16", "data.workers=0", "data.batch_size=8", "data.train_size=32", "data.val_size=16",
-        "sched.epochs=2", "sched.warmup_epochs=1", "optim.lr=0.02", "pgt.alpha=0.3", "run.progress=false",
-        "diag.interval=0"]
+TINY = tiny_run_args(None, "diag.interval=0", model="resnet10t")
 
 
 def cfg(*overrides):

@@ -14,11 +14,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from pgt_train import cli
 from pgt_train.writers import read_summary
+from tests.helpers import run_python, tiny_run_args
 
-TINY = ["--config", "/dev/null", "data.loader=synthetic", "model.name=resnet10t", "model.num_classes=4",
-        "data.img_size=16", "data.workers=0", "data.batch_size=8", "data.train_size=48", "data.val_size=16",
-        "sched.epochs=2", "sched.warmup_epochs=1", "optim.lr=0.02", "pgt.alpha=0.3", "run.progress=false",
-        "diag.interval=2", "run.log_interval=2"]
+TINY = tiny_run_args(None, "diag.interval=2", "run.log_interval=2", model="resnet10t", train_size=48)  # 6 steps/epoch
 
 
 def train(run_dir, *extra):
@@ -37,6 +35,7 @@ def finished_run(tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_a_new_run_never_writes_into_a_folder_holding_a_run(finished_run, capsys):
     before = tree_digest(finished_run)
     assert train(finished_run, "optim.lr=0.03") == 2
@@ -45,6 +44,7 @@ def test_a_new_run_never_writes_into_a_folder_holding_a_run(finished_run, capsys
     assert tree_digest(finished_run) == before
 
 
+@pytest.mark.slow
 def test_resume_auto_on_a_finished_run_says_so_and_writes_nothing(finished_run, capsys):
     before = tree_digest(finished_run)
     assert train(finished_run, "--resume", "auto") == 0
@@ -53,6 +53,7 @@ def test_resume_auto_on_a_finished_run_says_so_and_writes_nothing(finished_run, 
     assert tree_digest(finished_run) == before
 
 
+@pytest.mark.slow
 def test_init_from_starts_a_new_run_from_the_weights(finished_run, tmp_path):
     run_dir = tmp_path / "finetune"
     assert train(run_dir, "--init-from", finished_run / "last.pth", "sched.epochs=2", "--run-epochs", "1") == 0
@@ -71,6 +72,7 @@ def test_init_from_a_missing_file_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_resumed_epoch_row_covers_the_whole_epoch(finished_run, tmp_path):
     run_dir = tmp_path / "interrupted"
     # a mid-epoch checkpoint at step 3 of 6, then the process "dies": resume from it
@@ -99,6 +101,7 @@ def test_resumed_epoch_row_covers_the_whole_epoch(finished_run, tmp_path):
         assert [r[column] for r in resumed] == [r[column] for r in straight], column
 
 
+@pytest.mark.slow
 def test_nan_run_exits_3_with_a_finite_checkpoint_even_with_few_steps_per_epoch(tmp_path, capsys):
     run_dir = tmp_path / "nan"
     # 6 steps per epoch < max_nonfinite_steps: the count must carry across epochs, and the weights check
@@ -139,6 +142,7 @@ def test_state_check_covers_buffers_and_optimizer_state():
     assert not state_is_finite(model, opt)
 
 
+@pytest.mark.slow
 def test_tensorboard_tags_have_one_x_axis(finished_run):
     events = EventAccumulator(str(finished_run / "tb"))
     events.Reload()
@@ -147,6 +151,7 @@ def test_tensorboard_tags_have_one_x_axis(finished_run):
     assert [e.step for e in events.Scalars("train_step/logit_norm")] == [3, 5, 7, 9, 11]
 
 
+@pytest.mark.slow
 def test_malformed_summary_does_not_block_resume_and_is_kept(tmp_path, capsys):
     run_dir = tmp_path / "malformed"
     assert train(run_dir, "--run-epochs", "1") == 0
@@ -202,12 +207,8 @@ def test_values_that_would_crash_mid_run_are_refused_up_front(tmp_path, capsys, 
 
 @pytest.mark.slow
 def test_pgt_torchrun_passes_the_ranks_exit_code_and_line(tmp_path):
-    import subprocess
-    import sys
-    cmd = [sys.executable, "-m", "pgt_train.launch", "--nproc_per_node=2", "-m", "pgt_train", *TINY,
-           f"run.dir={tmp_path / 'r'}", "pgt.alpha=2"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
-                            cwd=Path(__file__).resolve().parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = run_python("-m", "pgt_train.launch", "--nproc_per_node=2", "-m", "pgt_train", *TINY,
+                        f"run.dir={tmp_path / 'r'}", "pgt.alpha=2", threads=1, timeout=120)
     assert result.returncode == 2, result.stderr
     assert "pgt.alpha: must lie in (0, 1]" in result.stderr
     assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr

@@ -3,14 +3,16 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import REPO
+import pytest
+
+from tests.helpers import REPO, run_python
+
+pytestmark = pytest.mark.slow  # each test runs a script in a subprocess
 
 
 def test_bench_prints_all_three_figures(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "scripts/bench.py", "--device", "cpu", "--img-size", "32", "--batch", "8", "--classes", "10",
-         "--steps", "1", "--repeats", "1", "--loader-images", "20", "--jpeg-size", "48", "--workers", "1"],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = run_python("scripts/bench.py", "--device", "cpu", "--img-size", "32", "--batch", "8", "--classes", "10",
+                        "--steps", "1", "--repeats", "1", "--loader-images", "20", "--jpeg-size", "48", "--workers", "1")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     for figure in ("1. PGT cost", "ratio B/A per A-B-B-A round", "PGT head extra time / train step",

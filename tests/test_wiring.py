@@ -11,17 +11,17 @@ import pytest
 import torch
 
 from pgt_train import cli
+from tests.helpers import REPO, tiny_run_args
 
-ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "configs" / "paper" / "table1" / "resnet18_cosine.yaml"  # the ImageNet setup; shrunk below
+RECIPE = REPO / "configs" / "paper" / "table1" / "resnet18_cosine.yaml"  # the ImageNet setup; shrunk below
 
 
-def tiny_run_args(run_dir: Path, *overrides: str) -> list[str]:
-    """cli.main argv for a few-second CPU run of the full trainer path; `overrides` come last and win."""
-    return ["--config", str(RECIPE), "model.name=resnet10t", "model.num_classes=10", "data.loader=synthetic",
-            "data.img_size=32", "data.batch_size=8", "data.train_size=24", "data.val_size=8", "data.workers=0",
-            "sched.epochs=2", "sched.warmup_epochs=1", "run.device=cpu", "run.progress=false", "run.log_interval=1",
-            "diag.interval=0", f"run.dir={run_dir}", *overrides, "--run-epochs", "1"]
+def warmup_epoch_args(run_dir: Path, *overrides: str) -> list[str]:
+    """cli.main argv for the recipe's first (warmup) epoch of 3 steps at 32 px: the recipe's own LR and loss
+    (no α unless `overrides` set one); `overrides` come last and win."""
+    return tiny_run_args(run_dir, "run.device=cpu", "run.log_interval=1", "diag.interval=0", *overrides,
+                         "--run-epochs", "1", config=RECIPE, model="resnet10t", classes=10, img_size=32,
+                         train_size=24, val_size=8, lr=None, alpha=None)
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -36,7 +36,7 @@ def weights_after(tmp_path_factory, *overrides: str) -> dict[str, torch.Tensor]:
     """Final weights of the tiny run with these overrides (each distinct run trains once per session)."""
     if overrides not in _RUNS:
         run_dir = tmp_path_factory.mktemp("run")
-        assert cli.main(tiny_run_args(run_dir, *overrides)) == 0
+        assert cli.main(warmup_epoch_args(run_dir, *overrides)) == 0
         _RUNS[overrides] = final_weights(run_dir)
     return _RUNS[overrides]
 
