@@ -46,11 +46,16 @@ def test_corrupt_and_truncated_images_are_skipped_and_counted(folder, tmp_path):
     assert int(row["val_images"]) == 9
 
 
-def test_corrupt_image_can_be_fatal(folder, tmp_path):
-    (folder / "val" / "c_stripe" / "broken.jpg").write_bytes(b"garbage")
-    result = run_cli(*tiny(folder, tmp_path / "run", "data.skip_corrupt=false"))
+@pytest.mark.slow
+@pytest.mark.parametrize("split, workers", [("val", 1), ("train", 2)])
+def test_corrupt_image_can_be_fatal(folder, tmp_path, split, workers):
+    """The error is raised mid-epoch with the loader's workers alive: still one line, exit 2, no hang."""
+    (folder / split / "c_stripe" / "broken.jpg").write_bytes(b"garbage")
+    result = run_cli(*tiny(folder, tmp_path / "run", "data.skip_corrupt=false", f"data.workers={workers}"),
+                     timeout=120)
     assert result.returncode == 2
     assert "corrupt image" in result.stderr and "broken.jpg" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_grayscale_cmyk_rgba_and_png_are_converted(folder, tmp_path):
