@@ -7,7 +7,7 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 
 from pgt_train.data.demo import LEGACY_PARAMS_FILE, MARKER, class_names, main, make_demo_dataset
-from tests.conftest import make_jpeg_folder, run_cli
+from tests.helpers import make_jpeg_folder, run_cli
 
 # 3 classes x (4 train + 2 val) tiny images: the whole file runs in a few seconds.
 TINY = dict(num_classes=3, train_per_class=4, val_per_class=2, image_size=24, workers=0)

@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 from pgt_train import checkpoint
 from pgt_train.errors import UserError
 from pgt_train.export import export
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 @pytest.fixture
