@@ -20,6 +20,7 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 from torchvision.transforms.v2 import functional as TF
 
+from pgt_train.errors import UserError
 from pgt_train.config import DataConfig
 from pgt_train.data import build_loaders
 from pgt_train.data.folder import build_datasets
@@ -190,9 +191,14 @@ def test_a_batch_of_only_corrupt_files_is_reported_with_the_next_batch(jpeg_fold
     broken = [CorruptSample("a.jpg", "bad"), CorruptSample("b.jpg", "bad")]
     good = [enc_val[(i, 0)] for i in range(2)]
     batches = DecodedBatches([collate_encoded(broken), collate_encoded(good)],
-                             BatchDecoder(enc_val, device=torch.device("cpu")))
+                             BatchDecoder(enc_val, device=torch.device("cpu")), train=False)
     (images, targets, corrupt), = list(batches)
     assert images.shape == (2, 3, IMG, IMG) and [c.path for c in corrupt] == ["a.jpg", "b.jpg"]
+    # in training a skipped batch would leave this rank a step behind the others: stop with one line instead
+    training = DecodedBatches([collate_encoded(broken), collate_encoded(good)],
+                              BatchDecoder(enc_val, device=torch.device("cpu")), train=True)
+    with pytest.raises(UserError, match="no image of a training batch could be decoded"):
+        list(training)
 
 
 def test_a_fifo_named_jpg_is_not_opened(tmp_path):

@@ -38,6 +38,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from pgt_train.data.folder import SeededImageFolder, build_datasets
 from pgt_train.data.torch_loader import CorruptSample, TorchLoader, sample_seed
+from pgt_train.errors import UserError
 
 JPEG_END = b"\xff\xd9"  # EOI marker: a file cut short lacks it, and PIL (not nvJPEG) rejects truncated files
 
@@ -244,16 +245,24 @@ class DecodedBatches:
     batches. Other attributes are the DataLoader's.
     """
 
-    def __init__(self, loader, decoder: BatchDecoder):
-        self.loader, self.decoder = loader, decoder
+    def __init__(self, loader, decoder: BatchDecoder, *, train: bool):
+        self.loader, self.decoder, self.train = loader, decoder, train
         self.pending_corrupt: list = []  # from a batch whose files were all corrupt: reported with the next one
 
     def __iter__(self):
-        for batch in self.loader:
+        # The DataLoader's iterator (which forks the workers) starts now, inside TorchLoader's SIGINT guard,
+        # not lazily at the first next() of a generator.
+        return self._decoded(iter(self.loader))
+
+    def _decoded(self, batches):
+        for batch in batches:
             images, targets, corrupt = self.decoder(batch)
             corrupt, self.pending_corrupt = self.pending_corrupt + corrupt, []
-            if images is None:  # nothing to train on in this batch
-                self.pending_corrupt = corrupt
+            if images is None:
+                if self.train:  # skipping would leave this rank one step behind the others under DDP
+                    raise UserError(f"no image of a training batch could be decoded ({len(corrupt)} files, e.g. "
+                                    f"{corrupt[0].path}); remove the unreadable files")
+                self.pending_corrupt = corrupt  # validation: nothing to score here
                 continue
             yield images, targets, corrupt
 
@@ -261,7 +270,7 @@ class DecodedBatches:
         return len(self.loader)
 
     def __getattr__(self, name):
-        if name in ("loader", "decoder", "pending_corrupt"):  # not set yet (unpickling): no recursion
+        if name in ("loader", "decoder", "train", "pending_corrupt"):  # not set yet (unpickling): no recursion
             raise AttributeError(name)
         return getattr(self.loader, name)
 
@@ -272,7 +281,7 @@ class NvjpegLoader(TorchLoader):
     def __init__(self, dataset: EncodedImageFolder, *, device: torch.device, **kwargs):
         super().__init__(dataset, device=device, **kwargs)
         self.loader.collate_fn = collate_encoded  # before the first iteration starts the workers
-        self.loader = DecodedBatches(self.loader, BatchDecoder(dataset, device=device))
+        self.loader = DecodedBatches(self.loader, BatchDecoder(dataset, device=device), train=self.train)
 
 
 def build_encoded_datasets(root: str, **kwargs) -> tuple[EncodedImageFolder, EncodedImageFolder]:
