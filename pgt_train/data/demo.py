@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pgt_train.config import DemoConfig
+
 # Bump when the rendering changes, so cached datasets are regenerated.
 GENERATOR_VERSION = 1
 # Written last into a folder the generator made: the folder is its own, and so are the files listed inside.
@@ -220,15 +222,18 @@ def write_dataset(out, params, workers):
     (out / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
 
 
+_DEFAULTS = DemoConfig()  # the one source of the demo's defaults: data.demo.* in the config
+
+
 def make_demo_dataset(
     root,
     *,
-    seed=0,
-    num_classes=10,
-    train_per_class=500,
-    val_per_class=100,
-    image_size=64,
-    difficulty=0.5,
+    seed=_DEFAULTS.seed,
+    num_classes=_DEFAULTS.classes,
+    train_per_class=_DEFAULTS.train_per_class,
+    val_per_class=_DEFAULTS.val_per_class,
+    image_size=_DEFAULTS.image_size,
+    difficulty=_DEFAULTS.difficulty,
     workers=2,
 ):
     """Generate (once) the demo ImageFolder dataset under ``root``; return ``root`` as a Path.

@@ -12,13 +12,13 @@ import sys
 from typing import NamedTuple, Optional
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN  # (0.485, 0.456, 0.406)
+from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD  # (0.229, 0.224, 0.225)
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 
 from pgt_train.errors import UserError
 from pgt_train.preempt import children_ignore_sigint, ignore_in_worker
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # Training replaces an unreadable image by a random readable one; this many misses in a row mean the data
 # is broken rather than spotted with bad files (with half the files bad: 2^-32 per unreadable image).
 REPLACEMENT_TRIES = 32
