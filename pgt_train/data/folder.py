@@ -18,7 +18,7 @@ from PIL import Image
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from pgt_train.data.torch_loader import REPLACEMENT_TRIES, CorruptSample, sample_seed
+from pgt_train.data.torch_loader import REPLACEMENT_TRIES, CorruptSample, sample_rng, sample_seed
 from pgt_train.errors import UserError
 
 def train_transform(img_size: int, crop_scale, crop_ratio) -> v2.Compose:
@@ -140,8 +140,7 @@ class SeededImageFolder(datasets.ImageFolder):
         return None
 
     def _transformed(self, image, target: int, epoch: int, index: int):
-        with torch.random.fork_rng(devices=[]):  # leaves the caller's RNG untouched (workers=0)
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
+        with sample_rng(sample_seed(self.seed, epoch, index)):
             return self.transform(image), target
 
 

@@ -7,7 +7,7 @@ img/s with the crops (README, "Data loaders").
 Per sample, the worker opens the file's header with PIL (no decode) and reads its bytes:
   * a plain RGB (YCbCr) baseline JPEG that ends at its end-of-image marker travels as bytes, with its
     crop box and flip already drawn (training), exactly as the torchvision path draws them: the same
-    v2.RandomResizedCrop / RandomHorizontalFlip objects, under torch.manual_seed(sample_seed(seed, epoch,
+    v2.RandomResizedCrop / RandomHorizontalFlip objects, under sample_rng(sample_seed(seed, epoch,
     index)), in the same order, on an image of the same size. So crop boxes and flips are equal to the
     torchvision loader's, sample by sample.
   * anything else (PNG, CMYK or grayscale JPEG, progressive, trailing bytes after the end marker, a
@@ -37,7 +37,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from pgt_train.data.folder import SeededImageFolder, build_datasets
-from pgt_train.data.torch_loader import CorruptSample, TorchLoader, sample_seed
+from pgt_train.data.torch_loader import CorruptSample, TorchLoader, sample_rng, sample_seed
 from pgt_train.errors import UserError
 
 JPEG_END = b"\xff\xd9"  # EOI marker: a file cut short lacks it, and PIL (not nvJPEG) rejects truncated files
@@ -142,8 +142,7 @@ class EncodedImageFolder(Dataset):
         if not self.train:
             return EncodedSample(torch.frombuffer(bytearray(data), dtype=torch.uint8), target, index, (0, 0, 0, 0),
                                  False)
-        with torch.random.fork_rng(devices=[]):  # as SeededImageFolder: the caller's RNG stays untouched
-            torch.manual_seed(sample_seed(self.folder.seed, epoch, index))
+        with sample_rng(sample_seed(self.folder.seed, epoch, index)):  # as SeededImageFolder
             box, flip = _train_params(self.folder.transform, image)
         return EncodedSample(torch.frombuffer(bytearray(data), dtype=torch.uint8), target, index, box, flip)
 

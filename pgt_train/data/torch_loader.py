@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
+from contextlib import contextmanager
 from typing import NamedTuple, Optional
 
 import torch
@@ -47,6 +48,15 @@ def collate_skipping_corrupt(samples: list):
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A distinct 63-bit seed per (run seed, epoch, sample)."""
     return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63 - 1)
+
+
+@contextmanager
+def sample_rng(seed: int):
+    """torch's CPU RNG seeded for one sample's augmentation and restored afterwards, so the caller's stream
+    (workers=0: the trainer's) is untouched. CPU only: torch.manual_seed would also reseed every GPU's."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
 
 
 class EpochIndexSampler(DistributedSampler):
