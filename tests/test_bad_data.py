@@ -33,6 +33,7 @@ def folder(jpeg_folder, tmp_path):
     return root
 
 
+@pytest.mark.slow
 def test_corrupt_and_truncated_images_are_skipped_and_counted(folder, tmp_path):
     good = (folder / "train" / "a_round" / "train_0.jpg").read_bytes()
     (folder / "train" / "a_round" / "zz_truncated.jpg").write_bytes(good[: len(good) // 3])
@@ -58,6 +59,7 @@ def test_corrupt_image_can_be_fatal(folder, tmp_path, split, workers):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_grayscale_cmyk_rgba_and_png_are_converted(folder, tmp_path):
     rgb = np.random.default_rng(0).integers(0, 255, (50, 60, 3), dtype=np.uint8)
     target = folder / "train" / "a_round"
@@ -77,6 +79,9 @@ def test_grayscale_cmyk_rgba_and_png_are_converted(folder, tmp_path):
     ("empty_class", "Found no valid file for the classes"),
     ("class_mismatch", "train/ and val/ have different classes"),
 ])
+
+
+@pytest.mark.slow
 def test_broken_layouts_exit_2_with_one_line(folder, tmp_path, breakage, message):
     if breakage == "empty_root":
         shutil.rmtree(folder)

@@ -192,6 +192,7 @@ def param_grads(model):
     return grads
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scale", [1.0, 2.0**16])
 def test_attach_pgt_on_timm_model(resnet, scale):
     model, alpha = resnet.train(), 0.25
