@@ -79,8 +79,6 @@ def test_grayscale_cmyk_rgba_and_png_are_converted(folder, tmp_path):
     ("empty_class", "Found no valid file for the classes"),
     ("class_mismatch", "train/ and val/ have different classes"),
 ])
-
-
 @pytest.mark.slow
 def test_broken_layouts_exit_2_with_one_line(folder, tmp_path, breakage, message):
     if breakage == "empty_root":
