@@ -8,8 +8,9 @@ Writes <out>/report.json after every section (and every end-to-end run). Without
 line and exits 1. Sections run in this order; one that would start after --max-minutes is skipped.
 1. exactness: the PGT gradient on the GPU under fp16 autocast and a GradScaler, against the float64 closed form.
 2. end_to_end: ImageNet-like JPEGs (~500x375, ~110 KiB, generated), ResNet-50 fp16 channels_last batch
-   256 with PGT, eager and compiled, fed by: tensors already on the GPU (bare), the synthetic loader,
-   the torchvision loader, the nvjpeg loader (and DALI where installed); >= 300 timed steps each after
+   256 with PGT, eager and compiled: the bare loop (benchmarking.bare_steps) on tensors already on the GPU
+   as the reference, then pgt-train's own engine.train_one_epoch fed by the synthetic loader, the
+   torchvision loader, the nvjpeg loader (and DALI where installed); >= 300 timed steps each after
    warm-up, images/s, the ratio to the synthetic loader, and the CPU cores busy meanwhile (/proc/stat).
    First, nvjpeg_check: the nvjpeg loader's batches against the torchvision loader's (same samples,
    same crops; pixel difference against a mismatched pairing).
@@ -21,11 +22,9 @@ line and exits 1. Sections run in this order; one that would start after --max-m
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
-import io
+import itertools
 import json
-import multiprocessing
 import os
 import statistics
 import subprocess
@@ -33,11 +32,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 import torch
 import torch.nn.functional as F
+
+from pgt_train import engine, models, optim
+from pgt_train.benchmarking import (PHOTO_SHAPES, bare_steps, images_per_second, machine_banner, make_jpeg_folder,
+                                    spread, timed)
+from pgt_train.pgt import pgt_cross_entropy
+from pgt_train.trainer import AMP_DTYPES
+from pgt_train.writers import read_summary
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,55 +50,33 @@ def log(msg: str) -> None:
 
 
 def throughput(args) -> list[dict]:
-    from pgt_train import engine, models, optim
-    from pgt_train.pgt import pgt_cross_entropy
+    """The bare loop (benchmarking.bare_steps) on one batch already on the GPU; loss outside the compiled model."""
     device = torch.device("cuda")
-    torch.backends.cudnn.benchmark = True
     results = []
-    images = torch.randn(args.batch, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
-    targets = torch.randint(1000, (args.batch,), device=device)
+    batch = (torch.randn(args.batch, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last),
+             torch.randint(1000, (args.batch,), device=device))
     for compiled in (False, True):
-        torch.manual_seed(0)
-        net, plain = models.prepare(models.build_model("resnet50", num_classes=1000), device=device,
-                                    channels_last=True, sync_bn=False, world_size=1, compile=compiled)
-        opt = optim.build_optimizer(plain, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-5,
-                                    decay_norm_and_bias=False)
-        for dtype_name, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
-            scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-            for alpha in (None, 0.3):
-                loss_fn = F.cross_entropy if alpha is None else (lambda z, y: pgt_cross_entropy(z, y, 0.3))
-
-                def steps(n):
-                    for _ in range(n):
-                        with engine.autocast(device, dtype):
-                            loss = loss_fn(net(images), targets)
-                        scaler.scale(loss).backward()
-                        scaler.step(opt)
-                        scaler.update()
-                        opt.zero_grad(set_to_none=True)
-                    torch.cuda.synchronize()
-
-                start = time.perf_counter()
-                steps(args.warmup)  # cudnn autotune; compile on the first call of each dtype
-                warm_s = time.perf_counter() - start
-                rates = []
-                for _ in range(args.repeats):
-                    start = time.perf_counter()
-                    steps(args.steps)
-                    rates.append(args.batch * args.steps / (time.perf_counter() - start))
-                r = {"model": "resnet50", "batch": args.batch, "dtype": dtype_name, "compile": compiled,
-                     "pgt": alpha is not None, "img_per_s_min": min(rates), "img_per_s_median": statistics.median(rates),
-                     "img_per_s_max": max(rates), "warmup_s": warm_s}
-                log(f"  resnet50 {dtype_name} compile={compiled!s:<5} pgt={r['pgt']!s:<5} "
-                    f"{r['img_per_s_median']:8.0f} img/s (min {r['img_per_s_min']:.0f}, max {r['img_per_s_max']:.0f})")
+        training = Training("resnet50", device, compiled)
+        for dtype_name in ("fp16", "bf16"):
+            training.use_dtype(dtype_name)
+            for pgt in (False, True):
+                loss_fn = Training.pgt_loss if pgt else F.cross_entropy
+                # warm-up: cudnn autotune; compile on the first call of each dtype
+                warm_s = timed(lambda: training.bare(batch, args.warmup, loss_fn), device)
+                rates = [args.batch * args.steps / timed(lambda: training.bare(batch, args.steps, loss_fn), device)
+                         for _ in range(args.repeats)]
+                low, median, high = spread(rates)
+                r = {"model": "resnet50", "batch": args.batch, "dtype": dtype_name, "compile": compiled, "pgt": pgt,
+                     "img_per_s_min": low, "img_per_s_median": median, "img_per_s_max": high, "warmup_s": warm_s}
+                log(f"  resnet50 {dtype_name} compile={compiled!s:<5} pgt={pgt!s:<5} "
+                    f"{median:8.0f} img/s (min {low:.0f}, max {high:.0f})")
                 results.append(r)
-        del net, plain, opt
+        del training
         torch.cuda.empty_cache()
     return results
 
 
 def exactness() -> dict:
-    from pgt_train.pgt import pgt_cross_entropy
     torch.manual_seed(0)
     out = {}
     for n, c in ((8, 10), (256, 1000)):
@@ -120,61 +101,22 @@ def exactness() -> dict:
 # ---------------------------------------------------------------------------------------------
 # End to end: generated ImageNet-like JPEGs through each loader into a ResNet-50 training step
 
-PHOTO_SIZES = ((500, 375), (500, 375), (500, 375), (375, 500), (500, 333), (500, 400))  # ImageNet's usual shapes
-
-
-def _octaves(rng, h: int, w: int, octaves) -> np.ndarray:
-    """Sum of Gaussian noise fields upsampled (bicubic) from cell-sized grids: 1/f-like texture."""
-    out = np.zeros((h, w), np.float32)
-    for cell, amp in octaves:
-        grid = rng.normal(0, amp, (h // cell + 2, w // cell + 2)).astype(np.float32)  # PIL reads float32 as mode F
-        out += np.asarray(Image.fromarray(grid).resize((w, h), Image.BICUBIC)) if cell > 1 else grid[:h, :w]
-    return out
-
-
-def photo_like_jpeg(job: tuple[str, int, float]) -> int:
-    """Writes one ~500x375 JPEG (quality 90) with photographic statistics, not flat shapes: luminance
-    texture at five scales, a slowly varying tint, and 3-8 hard-edged objects carrying their own texture.
-    detail 45 (x0.4-1.6 per image) gave 112 KiB on average (79-135) over 20 images. Returns its size."""
-    from PIL import ImageDraw, ImageFilter
-    path, seed, scale = job
-    rng = np.random.default_rng(seed)
-    w, h = (max(8, round(v * scale)) for v in PHOTO_SIZES[rng.integers(len(PHOTO_SIZES))])
-    detail = 45 * rng.uniform(0.4, 1.6)
-    luma = _octaves(rng, h, w, ((160, 40.0), (40, 25.0), (10, 14.0), (3, detail), (1, detail / 2)))
-    canvas = (rng.uniform(70, 170, 3) + np.stack([_octaves(rng, h, w, ((120, 18.0),)) for _ in range(3)], -1)
-              + luma[..., None])
-    shapes, mask = Image.new("RGB", (w, h)), Image.new("L", (w, h))
-    draw, mask_draw = ImageDraw.Draw(shapes), ImageDraw.Draw(mask)
-    for _ in range(rng.integers(3, 9)):
-        x0, y0 = int(rng.integers(-w // 4, w)), int(rng.integers(-h // 4, h))
-        box = [x0, y0, x0 + int(rng.integers(5, w // 2 + 6)), y0 + int(rng.integers(5, h // 2 + 6))]
-        ellipse = rng.random() < 0.5
-        (draw.ellipse if ellipse else draw.rectangle)(box, fill=tuple(int(v) for v in rng.integers(20, 235, 3)))
-        (mask_draw.ellipse if ellipse else mask_draw.rectangle)(box, fill=255)
-    alpha = np.asarray(mask.filter(ImageFilter.GaussianBlur(1.0)), np.float32)[..., None] / 255
-    objects = np.asarray(shapes, np.float32) + 0.8 * np.roll(luma, (h // 3, w // 3), (0, 1))[..., None]
-    pixels = np.clip(canvas * (1 - alpha) + objects * alpha, 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, "JPEG", quality=90)
-    Path(path).write_bytes(buf.getvalue())
-    return buf.tell()
-
-
 def imagenet_like_folder(root: Path, *, unique: int, train_entries: int, val_entries: int, classes: int,
                          scale: float = 1.0) -> dict:
-    """<root>/pool holds `unique` generated JPEGs (in parallel); train/ and val/ hold hard links to them
+    """<root>/pool holds `unique` generated JPEGs (benchmarking.make_jpeg_folder's photographic texture, ImageNet's
+    usual shapes times `scale`, quality 90, one process per core); train/ and val/ hold hard links to them
     (symlinks where links fail), `train_entries` spread over `classes` folders, so an epoch is long enough
     for warm-up plus the timed steps without generating every file. Reused when already complete."""
-    pool = root / "pool"
-    pool.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(pool / f"{i:06d}.jpg"), i, scale) for i in range(unique)]
-    todo = [j for j in jobs if not Path(j[0]).is_file()]
-    start = time.perf_counter()
-    if todo:
-        with multiprocessing.get_context("fork").Pool(min(len(todo), os.cpu_count() or 2)) as workers:
-            workers.map(photo_like_jpeg, todo, chunksize=8)
-    sizes = [Path(j[0]).stat().st_size for j in jobs]
+    files = [root / "pool" / "train" / "all" / f"train_{i}.jpg" for i in range(unique)]
+    start, generate = time.perf_counter(), not all(f.is_file() for f in files)
+    if generate and (root / "pool").exists():  # nothing is overwritten
+        raise FileExistsError(f"{root / 'pool'} holds an incomplete set of generated JPEGs (an interrupted run?): "
+                              f"delete that folder or choose another --out")
+    if generate:
+        shapes = [tuple(max(8, round(side * scale)) for side in shape) for shape in PHOTO_SHAPES]
+        make_jpeg_folder(root / "pool", classes=["all"], train=unique, val=0, texture="photo", sides=shapes,
+                         quality=90, processes=os.cpu_count() or 2)
+    sizes = [f.stat().st_size for f in files]
     for split, n in (("train", train_entries), ("val", val_entries)):
         for i in range(n):
             folder = root / split / f"class_{i % classes:04d}"
@@ -182,14 +124,15 @@ def imagenet_like_folder(root: Path, *, unique: int, train_entries: int, val_ent
             if link.exists():
                 continue
             folder.mkdir(parents=True, exist_ok=True)
-            target = pool / f"{(i * 7919) % unique:06d}.jpg"  # a prime stride: neighbours are different files
+            target = files[(i * 7919) % unique]  # a prime stride: neighbours are different files
             try:
                 os.link(target, link)
             except OSError:
                 link.symlink_to(target)
     return {"root": str(root), "unique_files": unique, "train_entries": train_entries, "val_entries": val_entries,
             "classes": classes, "mean_kib": statistics.mean(sizes) / 1024, "min_kib": min(sizes) / 1024,
-            "max_kib": max(sizes) / 1024, "generated": len(todo), "seconds": time.perf_counter() - start}
+            "max_kib": max(sizes) / 1024, "generated": unique if generate else 0,
+            "seconds": time.perf_counter() - start}
 
 
 def cpu_ticks() -> tuple[int, int] | None:
@@ -210,38 +153,54 @@ def cores_busy(before, after) -> float | None:
     return (after[0] - before[0]) / (after[1] - before[1]) * (os.cpu_count() or 1)
 
 
-class TrainStep:
-    """One pgt-train training step outside the engine: ResNet autocast forward, PGT (alpha 0.3) loss,
-    GradScaler backward, timm's fused SGD; the same calls as the throughput section."""
+class Training:
+    """A model as pgt-train prepares it (channels_last on CUDA, optionally compiled), timm's fused SGD, the
+    per-step scheduler, a GradScaler and an autocast dtype (fp32 on the CPU): trained by the bare loop or by
+    pgt-train's engine, with the PGT loss (alpha 0.3) unless told otherwise."""
 
-    def __init__(self, args, device: torch.device, compiled: bool):
-        from pgt_train import models, optim
+    def __init__(self, model_name: str, device: torch.device, compiled: bool, dtype_name: str = "fp16"):
         torch.manual_seed(0)
         torch.backends.cudnn.benchmark = True  # as pgt-train sets it on CUDA
-        self.net, _ = models.prepare(models.build_model(args.model, num_classes=1000), device=device,
-                                     channels_last=device.type == "cuda", sync_bn=False, world_size=1,
-                                     compile=compiled)
-        self.opt = optim.build_optimizer(self.net, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-5,
+        self.net, plain = models.prepare(models.build_model(model_name, num_classes=1000), device=device,
+                                         channels_last=device.type == "cuda", sync_bn=False, world_size=1,
+                                         compile=compiled)
+        self.opt = optim.build_optimizer(plain, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-5,
                                          decay_norm_and_bias=False)
-        self.dtype = torch.float16 if device.type == "cuda" else None
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype is not None)
-        self.device = device
+        self.scheduler = optim.build_scheduler(self.opt, name="cosine", epochs=10**6, warmup_epochs=0, warmup_lr=0.0,
+                                               milestones=(), gamma=0.1, min_lr=0.0, steps_per_epoch=1)
+        self.device, self.step = device, 0
+        self.use_dtype(dtype_name)
 
-    def __call__(self, images, targets) -> None:
-        from pgt_train import engine
-        from pgt_train.pgt import pgt_cross_entropy
-        with engine.autocast(self.device, self.dtype):
-            loss = pgt_cross_entropy(self.net(images), targets, 0.3)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.opt)
-        self.scaler.update()
-        self.opt.zero_grad(set_to_none=True)
+    def use_dtype(self, name: str) -> None:
+        self.dtype = AMP_DTYPES[name] if self.device.type == "cuda" else None
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+
+    @staticmethod
+    def pgt_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return pgt_cross_entropy(logits, targets, 0.3)
+
+    def bare(self, batch, steps: int, loss_fn=None) -> int:
+        """`steps` steps of the bare loop on one (images, targets) batch; returns the images trained."""
+        bare_steps(self.net, self.opt, self.scaler, [batch], loss_fn or self.pgt_loss, steps=steps,
+                   device=self.device, amp_dtype=self.dtype)
+        return steps * batch[0].shape[0]
+
+    def engine(self, batches, steps: int) -> int:
+        """`steps` steps of engine.train_one_epoch on the next batches of the iterator `batches` (metrics,
+        scheduler, non-finite checks as in a run); returns the images trained."""
+        metrics = engine.train_one_epoch(self.net, batches, self.pgt_loss, self.opt, self.scheduler, self.scaler,
+                                         device=self.device, epoch=1, start_step=self.step, steps=steps,
+                                         opts=engine.StepOptions(amp_dtype=self.dtype), clip_params=[],
+                                         totals=engine.EpochTotals(self.device),
+                                         nonfinite_run=torch.zeros((), dtype=torch.int64, device=self.device))
+        self.step = metrics["step"]
+        return metrics["train_images"]
 
 
 def e2e_loader(name: str, root: Path, args, device: torch.device, *, batch: int, workers: int, train=True,
                img_size: int | None = None, n_train: int = 0):
     """pgt-train's own loader `name` over the generated folder (or synthetic images), via build_loaders;
-    'bare' is one batch of device tensors, repeated."""
+    'bare' is one (images, targets) batch of device tensors."""
     from pgt_train.config import DataConfig
     from pgt_train.data import build_loaders
     from pgt_train.dist import DistInfo
@@ -250,7 +209,7 @@ def e2e_loader(name: str, root: Path, args, device: torch.device, *, batch: int,
         images = torch.randn(batch, 3, size, size, device=device)
         layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         images = images.contiguous(memory_format=layout)
-        return [(images, torch.randint(1000, (batch,), device=device))] * (args.e2e_warmup + args.e2e_steps)
+        return images, torch.randint(1000, (batch,), device=device)
     cfg = DataConfig(root=None if name == "synthetic" else str(root), loader=name, batch_size=batch, workers=workers,
                      img_size=size, train_size=max(n_train, batch), val_size=batch,
                      dali_device="gpu" if device.type == "cuda" else "cpu")
@@ -259,37 +218,31 @@ def e2e_loader(name: str, root: Path, args, device: torch.device, *, batch: int,
     return train_loader if train else val_loader
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed_run(step: TrainStep, loader, args, device: torch.device) -> dict:
-    """Warm-up steps (workers start, prefetch fills, cudnn autotunes), then the timed steps."""
-    if hasattr(loader, "set_epoch"):
+def timed_run(training: Training, name: str, loader, args, device: torch.device) -> dict:
+    """Warm-up steps (workers start, prefetch fills, cudnn autotunes, compile), then the timed steps: the bare
+    loop on one device batch for 'bare', pgt-train's engine drawing from the loader otherwise."""
+    if name == "bare":
+        def train(steps):
+            return training.bare(loader, steps)
+    else:
         loader.set_epoch(0)
-    batches = iter(loader)
-    for _ in range(args.e2e_warmup):
-        step(*next(batches))
-    sync(device)
-    cpu_before, start, images_seen = cpu_ticks(), time.perf_counter(), 0
-    for _ in range(args.e2e_steps):
-        images, targets = next(batches)
-        step(images, targets)
-        images_seen += images.shape[0]
-    sync(device)
-    seconds = time.perf_counter() - start
+        batches = iter(loader)
+
+        def train(steps):
+            return training.engine(batches, steps)
+    train(args.e2e_warmup)
+    cpu_before, images_seen = cpu_ticks(), []
+    seconds = timed(lambda: images_seen.append(train(args.e2e_steps)), device)
     busy = cores_busy(cpu_before, cpu_ticks())
-    del batches
-    return {"steps": args.e2e_steps, "images": images_seen, "seconds": seconds, "img_per_s": images_seen / seconds,
-            "cpu_cores_busy": busy}
+    return {"steps": args.e2e_steps, "images": images_seen[0], "seconds": seconds,
+            "img_per_s": images_seen[0] / seconds, "cpu_cores_busy": busy}
 
 
 def levels(images: torch.Tensor) -> torch.Tensor:
     """Normalised float images back to 0..255 grey levels."""
-    from pgt_train.data.torch_loader import IMAGENET_MEAN, IMAGENET_STD
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    mean = torch.tensor(IMAGENET_DEFAULT_MEAN, device=images.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_DEFAULT_STD, device=images.device).view(1, 3, 1, 1) * 255
     return images.float() * std + mean
 
 
@@ -358,13 +311,14 @@ def end_to_end(args, device: torch.device, save) -> dict:
     names = ["bare", "synthetic", "torchvision", "nvjpeg"] + (["dali"] if dali_installed() else [])
     result["runs"] = []
     for compiled in args.modes:
-        step = TrainStep(args, device, compiled)
+        training = Training(args.model, device, compiled)
         for name in names:
             run = {"loader": name, "compile": compiled, "model": args.model, "batch": args.batch,
+                   "loop": "bare" if name == "bare" else "engine",
                    "workers": 0 if name == "bare" else args.nvjpeg_workers if name == "nvjpeg" else args.workers}
             try:
                 loader = e2e_loader(name, root, args, device, batch=args.batch, workers=run["workers"], n_train=n_train)
-                run.update(timed_run(step, loader, args, device))
+                run.update(timed_run(training, name, loader, args, device))
             except Exception as e:  # one loader failing must not hide the others
                 run["error"] = f"{type(e).__name__}: {e}"
             loader = None
@@ -381,11 +335,11 @@ def end_to_end(args, device: torch.device, save) -> dict:
                 log(f"  {mode:<8} {name:<11} {run['img_per_s']:8.0f} img/s  "
                     f"{'  -  ' if ratio is None else f'{ratio:5.2f}'} of synthetic  "
                     f"{'?' if busy is None else f'{busy:4.1f}'} CPU cores busy  ({run['workers']} workers, "
-                    f"{run['steps']} steps)")
+                    f"{run['steps']} steps, {run['loop']} loop)")
             result["runs"].append(run)
             save(result)
         summarise(result["runs"], compiled)
-        del step
+        del training
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -400,14 +354,9 @@ def dali(args, jpeg_root: Path) -> dict:
     train = e2e_loader("dali", jpeg_root, args, torch.device("cuda"), batch=args.batch, workers=8)
     train.set_epoch(0)
     batches = iter(train)
-    for _ in range(10):
-        next(batches)
-    torch.cuda.synchronize()
-    start, n = time.perf_counter(), 0
-    for _ in range(100):
-        n += next(batches)[0].shape[0]
-    torch.cuda.synchronize()
-    rate = n / (time.perf_counter() - start)
+    for _ in itertools.islice(batches, 10):  # pipeline build, prefetch
+        pass
+    rate = images_per_second(itertools.islice(batches, 100), torch.device("cuda"))  # the same epoch goes on
     log(f"  DALI gpu ('mixed' decode) on {jpeg_root}: {rate:.0f} img/s")
     return {"img_per_s": rate}
 
@@ -419,7 +368,7 @@ def short_training(out: Path) -> dict:
            f"data.root={out / 'demo_data'}"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    rows = list(csv.DictReader(open(run_dir / "summary.csv"))) if (run_dir / "summary.csv").is_file() else []
+    rows = read_summary(run_dir / "summary.csv")
     losses = [float(r["train_loss"]) for r in rows]
     result = {"returncode": proc.returncode, "seconds": time.perf_counter() - start, "train_loss": losses,
               "val_top1": [float(r["val_top1"]) for r in rows],
@@ -475,7 +424,6 @@ def main(argv=None) -> int:
     if args.cpu_smoke:
         device = torch.device("cpu")
         report["cpu_smoke"] = True
-        log(f"gpu_check --cpu-smoke (tiny sizes, figures mean nothing), torch {torch.__version__}")
     elif not torch.cuda.is_available():
         (args.out / "report.json").write_text(json.dumps(report, indent=2))
         log("gpu_check: CUDA is not available on this machine; nothing measured (report.json says so)")
@@ -483,7 +431,8 @@ def main(argv=None) -> int:
     else:
         device = torch.device("cuda")
         report["gpu"] = torch.cuda.get_device_name()
-        log(f"gpu_check on {report['gpu']}, torch {torch.__version__}, {os.cpu_count()} CPU cores")
+    report["machine"] = machine_banner(device)
+    log(f"gpu_check{' --cpu-smoke (tiny sizes, figures mean nothing)' if args.cpu_smoke else ''}\n{report['machine']}")
 
     def save(name=None, value=None):
         if name:

@@ -6,11 +6,9 @@ bilinear against torchvision's uint8 tensor kernel. Measured on these JPEGs: dec
 (both libjpeg-turbo), crops within 1 grey level everywhere, mean |diff| <= 0.07 levels. A wrong box or
 flip on these noise-textured images moves pixels by tens of levels on average.
 """
-import csv
 import io
+import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.transforms.v2 import functional as TF
 
 from pgt_train.errors import UserError
+from pgt_train import benchmarking
 from pgt_train.config import DataConfig
 from pgt_train.data import build_loaders
 from pgt_train.data.folder import build_datasets
@@ -28,11 +27,11 @@ from pgt_train.data.gpu_decode import (BatchDecoder, EncodedImageFolder, Encoded
                                        collate_encoded)
 from pgt_train.data.torch_loader import IMAGENET_MEAN, IMAGENET_STD, CorruptSample
 from pgt_train.dist import DistInfo
-from tests.conftest import REPO, make_jpeg_folder
+from pgt_train.writers import read_summary
+from tests.helpers import JPEG_CLASSES as CLASSES, REPO, make_jpeg_folder, run_python, run_torchrun, tiny_run_args
 
 MAX_LEVELS, MAX_MEAN_LEVELS = 1, 0.25  # measured 1 and 0.07 (see the module docstring)
 IMG = 32
-CLASSES = ("b_square", "a_round", "c_stripe")
 
 
 def levels(images):
@@ -113,6 +112,19 @@ def test_mid_epoch_resume_equals_uninterrupted(jpeg_folder):
     assert len(straight) == len(full) == 9 and len(rest) == len(straight) - 3
     for (x, y), (x2, y2) in zip(straight[3:], rest):
         assert torch.equal(x, x2) and torch.equal(y, y2)
+
+
+def test_photo_textured_jpegs_match_the_torchvision_loader(tmp_path):
+    """gpu_check's ImageNet-like JPEGs (make_jpeg_folder's photo texture and shapes, here a fifth of the size)."""
+    shapes = [(w // 5, h // 5) for w, h in benchmarking.PHOTO_SHAPES]
+    root = make_jpeg_folder(tmp_path, train=3, val=2, texture="photo", sides=shapes, processes=2)
+    for path in root.rglob("*.jpg"):
+        with Image.open(path) as image:
+            assert image.format == "JPEG" and image.mode == "RGB" and image.size in shapes
+    tv_train, tv_val = loaders(root, "torchvision")
+    nv_train, nv_val = loaders(root, "nvjpeg")
+    assert_close_batches(list(tv_train), list(nv_train))
+    assert_close_batches(list(tv_val), list(nv_val))
 
 
 def odd_files_folder(root: Path) -> tuple[Path, dict]:
@@ -204,7 +216,7 @@ def test_a_batch_of_only_corrupt_files_is_reported_with_the_next_batch(jpeg_fold
 def test_a_fifo_named_jpg_is_not_opened(tmp_path):
     """Opening a FIFO blocks until a writer appears: the worker must not read one (SIGALRM ends a hang)."""
     import signal
-    root = make_jpeg_folder(tmp_path, classes=CLASSES, train=2, val=1)
+    root = make_jpeg_folder(tmp_path, train=2, val=1)
     os.mkfifo(root / "train" / CLASSES[0] / "fifo.jpg")
     _, (enc_train, _) = datasets(root)
     index = [p for p, _ in enc_train.samples].index(str(root / "train" / CLASSES[0] / "fifo.jpg"))
@@ -223,28 +235,22 @@ def test_config_accepts_nvjpeg():
 
 @pytest.mark.slow
 def test_torchrun_two_processes_count_every_val_image_once(tmp_path):
-    root = make_jpeg_folder(tmp_path / "data", classes=CLASSES, train=6, val=3)  # 9 val images: odd over 2 ranks
+    root = make_jpeg_folder(tmp_path / "data", train=6, val=3)  # 9 val images: odd over 2 ranks
     run_dir = tmp_path / "run"
-    args = ["--config", "/dev/null", f"data.root={root}", "data.loader=nvjpeg", "model.name=resnet10t",
-            "model.num_classes=3", "data.batch_size=4", "data.img_size=32", "data.workers=1", "sched.epochs=1",
-            "sched.warmup_epochs=0", "optim.lr=0.05", "run.progress=false", f"run.dir={run_dir}"]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             "-m", "pgt_train", *args], cwd=REPO, env={**env, "OMP_NUM_THREADS": "1"},
-                            capture_output=True, text=True, timeout=300)
+    args = tiny_run_args(run_dir, "data.loader=nvjpeg", root=root, model="resnet10t", classes=len(CLASSES),
+                         img_size=IMG, batch=4, workers=1, epochs=1, warmup=0, lr=0.05, alpha=None)
+    result = run_torchrun(2, args)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "on 2 x cpu" in result.stdout
-    rows = list(csv.DictReader(open(run_dir / "summary.csv")))
+    rows = read_summary(run_dir / "summary.csv")
     assert [int(r["val_images"]) for r in rows] == [3 * len(CLASSES)]
 
 
 @pytest.mark.slow
 def test_gpu_check_cpu_smoke_runs_the_end_to_end_section(tmp_path):
-    import json
     out = tmp_path / "gc"
-    result = subprocess.run([sys.executable, "scripts/gpu_check.py", "--cpu-smoke", "--out", str(out)], cwd=REPO,
-                            capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    result = run_python("scripts/gpu_check.py", "--cpu-smoke", "--out", out, threads=1,
+                        env_extra={"PYTHONPATH": str(REPO)}, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads((out / "report.json").read_text())
     e2e = report["end_to_end"]
@@ -254,4 +260,5 @@ def test_gpu_check_cpu_smoke_runs_the_end_to_end_section(tmp_path):
     assert {("bare", False), ("synthetic", False), ("torchvision", False), ("nvjpeg", False)} <= runs
     for r in e2e["runs"]:
         assert r["img_per_s"] > 0 and r["steps"] >= 2 and r["cpu_cores_busy"] is not None
+    assert {r["loop"] for r in e2e["runs"] if r["loader"] != "bare"} == {"engine"}  # end to end = pgt-train's engine
     assert "img/s" in result.stdout and "of synthetic" in result.stdout
