@@ -42,12 +42,13 @@ def tiny_run_args(run_dir: Optional[Path], *overrides, root: Optional[Path] = No
 
 def python_env(threads: int, env_extra: Optional[dict] = None) -> dict:
     """This environment without torchrun's variables (a child must not think it is a rank), with `threads`
-    OpenMP threads: two runs side by side on 2 cores want 1 each."""
+    OpenMP threads. One by default: these models are tiny, and OpenMP threads that spin-wait for a core held
+    by another process made a 1-second run take 17 s on this 2-core machine (measured under load 4)."""
     clean = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
     return {**clean, "OMP_NUM_THREADS": str(threads), **(env_extra or {})}
 
 
-def start_python(*args, threads: int = 2, env_extra: Optional[dict] = None) -> subprocess.Popen:
+def start_python(*args, threads: int = 1, env_extra: Optional[dict] = None) -> subprocess.Popen:
     """`python <args>` in the repo, output captured as text; pair with finish()."""
     return subprocess.Popen([sys.executable, *map(str, args)], cwd=REPO, env=python_env(threads, env_extra),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -64,17 +65,17 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> subprocess.Completed
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def run_python(*args, threads: int = 2, env_extra: Optional[dict] = None, timeout: float = 300):
+def run_python(*args, threads: int = 1, env_extra: Optional[dict] = None, timeout: float = 300):
     """`python <args>` in the repo (a script path, or "-m", module), run to the end."""
     return finish(start_python(*args, threads=threads, env_extra=env_extra), timeout)
 
 
-def start_cli(*args, threads: int = 2, env_extra: Optional[dict] = None) -> subprocess.Popen:
+def start_cli(*args, threads: int = 1, env_extra: Optional[dict] = None) -> subprocess.Popen:
     """`python -m pgt_train <args>` as a user starts it; pair with finish()."""
     return start_python("-m", "pgt_train", *args, threads=threads, env_extra=env_extra)
 
 
-def run_cli(*args, threads: int = 2, env_extra: Optional[dict] = None, timeout: float = 300):
+def run_cli(*args, threads: int = 1, env_extra: Optional[dict] = None, timeout: float = 300):
     """`python -m pgt_train <args>` as a user runs it, in a subprocess."""
     return finish(start_cli(*args, threads=threads, env_extra=env_extra), timeout)
 

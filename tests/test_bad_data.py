@@ -165,7 +165,7 @@ def test_uncaught_exception_with_workers_exits(jpeg_folder):
 def start_in_own_group(args):
     """The trainer as the leader of a new process group, as a shell job or a torchrun rank is."""
     proc = subprocess.Popen([sys.executable, "-m", "pgt_train", *map(str, args)], cwd=REPO,
-                            env={**os.environ, "OMP_NUM_THREADS": "2"}, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert os.getpgid(proc.pid) == proc.pid != os.getpgrp()  # never signal our own group
     return proc
