@@ -85,10 +85,14 @@ class Diagnostics:
         self.writer.scalars({"zeroed_features/pooled": self.last["zeroed_features"],
                              "train_step/logit_norm": self.last["train_logit_norm"]}, step)  # x = step
 
-    def epoch_end(self) -> dict:
-        """Latest totals for summary.csv; rewrites the norm series file (small: float16)."""
+    def write(self) -> None:
+        """Rewrites the norm series file (small: float16). Called with every checkpoint, so a resume from any
+        checkpoint finds every step up to it in the file."""
         if len(self.series["step"]) > 0:
             tmp = self.path.with_suffix(".tmp.npz")
             np.savez(tmp, **{k: np.stack(v) if k != "step" else np.asarray(v) for k, v in self.series.items()})
             tmp.replace(self.path)
+
+    def epoch_end(self) -> dict:
+        """Latest totals for summary.csv."""
         return dict(self.last)

@@ -187,3 +187,5 @@ class Trainer:
             state["epoch_totals"] = totals
         for name in names:
             checkpoint.save(self.run_dir / name, state)
+        if self.diag is not None:
+            self.diag.write()

@@ -29,6 +29,7 @@ def test_zeroed_layer_is_counted_warned_and_written(tmp_path):
         model(torch.randn(4, 3, 32, 32))  # the hook captures the forward after a measuring step
         diag.after_step(step)
     totals = diag.epoch_end()
+    diag.write()  # as every checkpoint save does
     writer.close()
     assert totals["zeroed_filters"] == model.layer2[0].conv1.out_channels == 128
     assert len(warnings) == 1 and "layer2.0.conv1" in warnings[0]
@@ -50,9 +51,9 @@ def test_resumed_series_drops_steps_after_the_checkpoint(tmp_path):
     first = Diagnostics(model, interval=1, zero_threshold=1e-3, writer=writer, run_dir=tmp_path, log=print)
     for step in (1, 2, 3):
         first.after_step(step)
-    first.epoch_end()
+    first.write()
     resumed = Diagnostics(model, interval=1, zero_threshold=1e-3, writer=writer, run_dir=tmp_path, log=print,
                           start_step=2)
     resumed.after_step(3)
-    resumed.epoch_end()
+    resumed.write()
     assert np.load(tmp_path / "filter_norms.npz")["step"].tolist() == [1, 2, 3]

@@ -99,6 +99,11 @@ def test_resumed_epoch_row_covers_the_whole_epoch(finished_run, tmp_path):
     straight, resumed = read_summary(finished_run / "summary.csv"), read_summary(mid / "summary.csv")
     for column in ("train_loss", "train_top1", "val_top1"):
         assert [r[column] for r in resumed] == [r[column] for r in straight], column
+    # the filter-norm series lost no step between the last epoch end and the mid-epoch checkpoint
+    import numpy as np
+    with np.load(finished_run / "filter_norms.npz") as a, np.load(mid / "filter_norms.npz") as b:
+        assert a["step"].tolist() == b["step"].tolist() == [2, 4, 6, 8, 10, 12]
+        assert all(np.array_equal(a[k], b[k]) for k in a.files)
 
 
 @pytest.mark.slow
