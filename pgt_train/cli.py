@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 
-from pgt_train import checkpoint, config, data, dist, engine, preempt, trainer
+from pgt_train import checkpoint, config, data, dist, engine, preempt, trainer, writers
 from pgt_train.errors import UserError
 
 EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 3, 1, 130
@@ -54,7 +55,7 @@ def resolve_resume(arg: str | None, run_dir: Path) -> Path | None:
     return Path(arg)
 
 
-def check_run_dir(run_dir: Path, resume_path: Path | None) -> None:
+def check_run_dir(run_dir: Path, resume_path: Path | None, *, resume_auto: bool, cfg: config.Config) -> None:
     """run.dir must be writable, and a new run may not write into a folder that holds a run."""
     try:
         str(run_dir).encode("utf-8")
@@ -71,9 +72,29 @@ def check_run_dir(run_dir: Path, resume_path: Path | None) -> None:
         raise UserError(f"run.dir {run_dir}: {ancestor} is not writable; choose another run.dir")
     held = [name for name in RUN_FILES if (run_dir / name).exists()]
     continuing = resume_path is not None and resume_path.resolve() == (run_dir / "last.pth").resolve()
-    if held and not continuing:
-        raise UserError(f"run.dir {run_dir} already holds a run ({', '.join(held)}); continue it with --resume auto, "
-                        f"or give this run a new run.dir (nothing was changed)")
+    if not held or continuing:
+        return
+    if resume_auto and restartable(run_dir, cfg):
+        return  # the same run died before its first checkpoint: it starts again in place
+    if resume_auto:
+        raise UserError(f"run.dir {run_dir} holds a run ({', '.join(held)}) but no last.pth to continue from, and it "
+                        f"is not the start of this same run; give this run a new run.dir (nothing was changed)")
+    raise UserError(f"run.dir {run_dir} already holds a run ({', '.join(held)}); continue it with --resume auto, "
+                    f"or give this run a new run.dir (nothing was changed)")
+
+
+def restartable(run_dir: Path, cfg: config.Config) -> bool:
+    """A run that never saved anything but its config, summary header and TensorBoard start, with the same
+    defining settings as `cfg`: restarting it loses nothing (TensorBoard purges the dead attempt's events)."""
+    if any((run_dir / name).exists() for name in ("last.pth", "best.pth", "filter_norms.npz")):
+        return False
+    if writers.read_summary(run_dir / "summary.csv") or not (run_dir / "config.yaml").is_file():
+        return False
+    try:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        return isinstance(saved, dict) and not config.diff_defining(saved, cfg)
+    except (yaml.YAMLError, OSError, ValueError, TypeError, KeyError):
+        return False
 
 
 def check_setup(cfg: config.Config) -> None:
@@ -105,7 +126,7 @@ def preflight(args: argparse.Namespace, cfg: config.Config) -> tuple[Path | None
         raise UserError(f"--run-epochs must be > 0, got {args.run_epochs}")
     run_dir = Path(cfg.run.dir)
     resume_path = resolve_resume(args.resume, run_dir)
-    check_run_dir(run_dir, resume_path)
+    check_run_dir(run_dir, resume_path, resume_auto=args.resume == "auto", cfg=cfg)
     check_setup(cfg)
     if resume_path is None:
         return None, None

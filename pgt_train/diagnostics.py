@@ -83,7 +83,7 @@ class Diagnostics:
         self.last["train_logit_norm"] = float(logits.float().norm(dim=1).mean())
         histogram(self.writer, "feature_norm/pooled", f_norms, step)
         self.writer.scalars({"zeroed_features/pooled": self.last["zeroed_features"],
-                             "train_step/logit_norm": self.last["train_logit_norm"]}, step)  # x = step
+                             "train_step/logit_norm": self.last["train_logit_norm"]}, step)  # tb/steps/: x = step
 
     def write(self) -> None:
         """Rewrites the norm series file (small: float16). Called with every checkpoint, so a resume from any

@@ -101,7 +101,8 @@ class Trainer:
         self.batches_done, self.best_top1 = start["batches_done"], start["best_top1"]
         self.totals = engine.EpochTotals(info.device, resume_totals if info.is_main else None)
         self.nonfinite_run = torch.zeros((), device=info.device, dtype=torch.int64)  # across epochs
-        self.writer = writers.RunWriter(run_dir, enabled=info.is_main, completed_epochs=self.epoch)
+        self.writer = writers.RunWriter(run_dir, enabled=info.is_main, completed_epochs=self.epoch,
+                                        completed_steps=self.step)
         self.stop = preempt.StopRequest()
         self.diag = None
         if cfg.diag.interval and info.is_main:

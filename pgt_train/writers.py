@@ -31,16 +31,22 @@ def run_finished(run_dir: Path, epochs: int) -> bool:
 
 
 class RunWriter:
-    """Writes one epoch's metrics everywhere; a no-op on ranks other than 0."""
+    """Writes one epoch's metrics everywhere; a no-op on ranks other than 0.
 
-    def __init__(self, run_dir: Path, *, enabled: bool, completed_epochs: int = 0):
+    TensorBoard gets two event folders, one x-axis each: tb/ by epoch (the summary.csv columns) and
+    tb/steps/ by optimizer step (diagnostics). After a resume each is purged from its own restart point
+    (TensorBoard's purge_step applies to every tag of a file, so one file cannot hold both axes).
+    """
+
+    def __init__(self, run_dir: Path, *, enabled: bool, completed_epochs: int = 0, completed_steps: int = 0):
         self.enabled = enabled
         self.summary_path = Path(run_dir) / "summary.csv"
-        self.tb = None
+        self.tb = self.tb_steps = None
         if not enabled:
             return
         from torch.utils.tensorboard import SummaryWriter
-        self.tb = SummaryWriter(log_dir=str(Path(run_dir) / "tb"), purge_step=completed_epochs + 1 if completed_epochs else None)
+        self.tb = SummaryWriter(log_dir=str(Path(run_dir) / "tb"), purge_step=completed_epochs + 1)
+        self.tb_steps = SummaryWriter(log_dir=str(Path(run_dir) / "tb" / "steps"), purge_step=completed_steps + 1)
         # After a resume, rows of epochs that will be trained again are dropped: one row per epoch, none repeated.
         rows = read_summary(self.summary_path)
         kept = [r for r in rows if str(r.get("epoch", "")).isdigit() and int(r["epoch"]) <= completed_epochs]
@@ -72,17 +78,19 @@ class RunWriter:
                 {k: _fmt(metrics.get(k)) for k in SUMMARY_COLUMNS})
 
     def scalars(self, values: dict, step: int) -> None:
+        """Step-level scalars (x = optimizer step), in tb/steps/."""
         if self.enabled:
             for key, value in values.items():
-                self.tb.add_scalar(key, value, step)
+                self.tb_steps.add_scalar(key, value, step)
 
     def histogram(self, tag: str, values, step: int) -> None:
         if self.enabled:
-            self.tb.add_histogram(tag, values, step)
+            self.tb_steps.add_histogram(tag, values, step)
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+        for tb in (self.tb, self.tb_steps):
+            if tb is not None:
+                tb.close()
 
 
 def _tb_tag(key: str) -> str:

@@ -39,7 +39,7 @@ def test_zeroed_layer_is_counted_warned_and_written(tmp_path):
     assert series["layer2.0.conv1"].shape == (2, 128) and not series["layer2.0.conv1"].any()
     expected = filter_norms(model.conv1.weight).half().numpy()
     assert np.array_equal(series["conv1"][0], expected)
-    events = EventAccumulator(str(tmp_path / "tb"))
+    events = EventAccumulator(str(tmp_path / "tb" / "steps"))  # step-level series
     events.Reload()
     assert [e.value for e in events.Scalars("zeroed_filters/total")] == [128, 128]
     assert "filter_norm/layer2.0.conv1" in events.Tags()["histograms"]

@@ -45,6 +45,31 @@ def test_a_new_run_never_writes_into_a_folder_holding_a_run(finished_run, capsys
 
 
 @pytest.mark.slow
+def test_resume_auto_restarts_a_run_that_died_before_its_first_checkpoint(tmp_path, capsys):
+    import pgt_train.trainer as trainer_module
+    run_dir = tmp_path / "died"
+    real_after_step = trainer_module.Trainer._after_step
+
+    def crash_at_2(self, step):
+        if step == 2:
+            raise KeyboardInterrupt
+        return real_after_step(self, step)
+    trainer_module.Trainer._after_step = crash_at_2
+    try:
+        assert train(run_dir) == 130
+    finally:
+        trainer_module.Trainer._after_step = real_after_step
+    assert (run_dir / "config.yaml").exists() and not (run_dir / "last.pth").exists()
+    capsys.readouterr()
+    assert train(run_dir) == 2, "without --resume the folder is still another run's"
+    assert "--resume auto" in capsys.readouterr().err
+    assert train(run_dir, "optim.lr=0.03", "--resume", "auto") == 2, "a different run may not take its place"
+    err = capsys.readouterr().err
+    assert "no last.pth to continue from" in err and "not the start of this same run" in err
+    assert train(run_dir, "--resume", "auto") == 0
+    assert [r["epoch"] for r in read_summary(run_dir / "summary.csv")] == ["1", "2"]
+
+
 def test_resume_auto_on_a_finished_run_says_so_and_writes_nothing(finished_run, capsys):
     before = tree_digest(finished_run)
     assert train(finished_run, "--resume", "auto") == 0
@@ -74,36 +99,39 @@ def test_init_from_a_missing_file_is_one_line(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_resumed_epoch_row_covers_the_whole_epoch(finished_run, tmp_path):
-    run_dir = tmp_path / "interrupted"
-    # a mid-epoch checkpoint at step 3 of 6, then the process "dies": resume from it
-    assert train(run_dir, "run.checkpoint_every=3", "--run-epochs", "1") == 0
-    state = torch.load(run_dir / "last.pth", weights_only=True)
-    assert state["epoch"] == 1, "the epoch-end save replaced the mid-epoch one"
-    mid = tmp_path / "mid"
-    os.makedirs(mid)
+    """A crash right after a mid-epoch checkpoint in the second epoch (step 9 = step 3 of 6), then a resume:
+    summary rows, the filter-norm series and both TensorBoard axes equal the uninterrupted run's."""
+    import numpy as np
     import pgt_train.trainer as trainer_module
+    mid = tmp_path / "mid"
     real_after_step = trainer_module.Trainer._after_step
 
-    def stop_at_3(self, step):
+    def crash_at_9(self, step):
         stopped = real_after_step(self, step)
-        if step == 3:
-            raise KeyboardInterrupt  # a crash right after the step-3 checkpoint
+        if step == 9:
+            raise KeyboardInterrupt
         return stopped
-    trainer_module.Trainer._after_step = stop_at_3
+    trainer_module.Trainer._after_step = crash_at_9
     try:
         assert train(mid, "run.checkpoint_every=3") == 130
     finally:
         trainer_module.Trainer._after_step = real_after_step
-    assert torch.load(mid / "last.pth", weights_only=True)["batches_done"] == 3
+    state = torch.load(mid / "last.pth", weights_only=True)
+    assert (state["epoch"], state["batches_done"]) == (1, 3)
     assert train(mid, "--resume", "auto") == 0
     straight, resumed = read_summary(finished_run / "summary.csv"), read_summary(mid / "summary.csv")
     for column in ("train_loss", "train_top1", "val_top1"):
         assert [r[column] for r in resumed] == [r[column] for r in straight], column
     # the filter-norm series lost no step between the last epoch end and the mid-epoch checkpoint
-    import numpy as np
     with np.load(finished_run / "filter_norms.npz") as a, np.load(mid / "filter_norms.npz") as b:
         assert a["step"].tolist() == b["step"].tolist() == [2, 4, 6, 8, 10, 12]
         assert all(np.array_equal(a[k], b[k]) for k in a.files)
+    # TensorBoard: the resume purges each axis from its own restart point (epoch 2, step 10), no further back
+    epochs, steps = EventAccumulator(str(mid / "tb")), EventAccumulator(str(mid / "tb" / "steps"))
+    epochs.Reload()
+    steps.Reload()
+    assert [e.step for e in epochs.Scalars("val/top1")] == [1, 2]
+    assert [e.step for e in steps.Scalars("train_step/logit_norm")] == [3, 5, 7, 9, 11]
 
 
 @pytest.mark.slow
@@ -152,6 +180,10 @@ def test_tensorboard_tags_have_one_x_axis(finished_run):
     events = EventAccumulator(str(finished_run / "tb"))
     events.Reload()
     assert [e.step for e in events.Scalars("train/logit_norm")] == [1, 2]  # epochs
+    assert "train_step/logit_norm" not in events.Tags()["scalars"]
+    events = EventAccumulator(str(finished_run / "tb" / "steps"))
+    events.Reload()
+    assert "train/logit_norm" not in events.Tags()["scalars"]
     # steps: armed after steps 2, 4, ..., measured on the next step's batch (diag.interval 2)
     assert [e.step for e in events.Scalars("train_step/logit_norm")] == [3, 5, 7, 9, 11]
 
