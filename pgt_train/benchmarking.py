@@ -184,8 +184,15 @@ def _draw_size(rng: np.random.Generator, sides: Sides) -> tuple[int, int]:
 
 def _run_jobs(fn: Callable, jobs: list, processes: int) -> None:
     if processes > 1 and len(jobs) > 1:
-        with multiprocessing.get_context("fork").Pool(min(processes, len(jobs))) as pool:
+        pool = multiprocessing.get_context("fork").Pool(min(processes, len(jobs)))
+        try:
             pool.map(fn, jobs, chunksize=8)
+        except BaseException:
+            pool.terminate()
+            raise
+        finally:  # on success the workers exit by themselves: no reliance on their SIGTERM handling
+            pool.close()
+            pool.join()
     else:
         for job in jobs:
             fn(job)

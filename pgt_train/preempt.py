@@ -21,10 +21,17 @@ SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class StopRequest:
+    """Records SIGTERM/SIGUSR1 from creation until restore(), which puts the previous handlers back: a
+    process forked later (a multiprocessing pool after the run) must not inherit a handler that only records
+    and so never lets Pool.terminate() end it."""
+
     def __init__(self):
         self.signum: int | None = None
-        for s in SIGNALS:
-            signal.signal(s, self._record)
+        self.previous = {s: signal.signal(s, self._record) for s in SIGNALS}
+
+    def restore(self) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
     def _record(self, signum, _frame) -> None:
         self.signum = signum

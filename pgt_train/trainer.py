@@ -122,6 +122,7 @@ class Trainer:
             return 0
         finally:
             self.writer.close()
+            self.stop.restore()
 
     def _run_epoch(self) -> bool:
         """One epoch (or its rest after a resume): train, evaluate, log, save. False if preempted."""

@@ -249,3 +249,11 @@ def test_pgt_torchrun_passes_the_ranks_exit_code_and_line(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "pgt.alpha: must lie in (0, 1]" in result.stderr
     assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr
+
+
+def test_a_finished_run_gives_the_signal_handlers_back(finished_run, tmp_path):
+    """In-process use (notebooks, tests): after fit() a later multiprocessing pool must still be terminable."""
+    import signal
+    before = signal.getsignal(signal.SIGTERM)
+    assert train(tmp_path / "again") == 0
+    assert signal.getsignal(signal.SIGTERM) is before
