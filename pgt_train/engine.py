@@ -64,14 +64,16 @@ class EpochTotals:
 
     def __init__(self, device: torch.device, saved: Optional[dict] = None):
         self.sums = torch.zeros(4, device=device, dtype=torch.float64)
-        self.elapsed_s = 0.0
+        self.elapsed_s = 0.0  # training time in finished segments (a segment: one train_one_epoch call)
+        self.segment_start: Optional[float] = None  # perf_counter() while a segment runs
         if saved:  # rank 0 resumes with every rank's sums; the others start from zero: their sum is the total
             self.sums += saved["sums"].to(device=device, dtype=torch.float64)
             self.elapsed_s = float(saved["elapsed_s"])
 
     def state_dict(self) -> dict:
-        """Summed over ranks (a collective: every rank must call it)."""
-        return {"sums": all_reduce_sum(self.sums.clone()).cpu(), "elapsed_s": self.elapsed_s}
+        """Summed over ranks (a collective: every rank must call it); the time includes the running segment."""
+        running = time.perf_counter() - self.segment_start if self.segment_start is not None else 0.0
+        return {"sums": all_reduce_sum(self.sums.clone()).cpu(), "elapsed_s": self.elapsed_s + running}
 
     def metrics(self) -> dict:
         """Reduced over ranks (a collective). train_loss is NaN when no micro-batch had a finite loss."""
@@ -117,7 +119,7 @@ def train_one_epoch(model: torch.nn.Module, loader: Iterable, loss_fn: Callable,
     model.train()
     step, micro, stopped = start_step, 0, False
     bar = tqdm(total=steps, desc=f"epoch {epoch}", disable=not progress, dynamic_ncols=True, leave=False)
-    start = time.perf_counter()
+    totals.segment_start = time.perf_counter()
     for images, targets in loader:
         final_micro = (micro + 1) % opts.accum_steps == 0
         # DDP all-reduces gradients on every backward unless told not to; only the final micro-batch syncs
@@ -148,7 +150,8 @@ def train_one_epoch(model: torch.nn.Module, loader: Iterable, loss_fn: Callable,
     bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    totals.elapsed_s += time.perf_counter() - start
+    totals.elapsed_s += time.perf_counter() - totals.segment_start
+    totals.segment_start = None
     return {**totals.metrics(), "lr": current_lr(optimizer), "step": step, "stopped": stopped}
 
 

@@ -257,3 +257,13 @@ def test_a_finished_run_gives_the_signal_handlers_back(finished_run, tmp_path):
     before = signal.getsignal(signal.SIGTERM)
     assert train(tmp_path / "again") == 0
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_mid_epoch_checkpoint_carries_the_training_time_so_far():
+    """img/s of a resumed epoch divides all its images by all its training time, not by the part after it."""
+    import time
+    from pgt_train.engine import EpochTotals
+    totals = EpochTotals(torch.device("cpu"))
+    totals.elapsed_s = 2.0  # an earlier segment of this epoch
+    totals.segment_start = time.perf_counter() - 3.0  # a segment running for 3 s when the checkpoint is taken
+    assert 4.9 < totals.state_dict()["elapsed_s"] < 6.0
