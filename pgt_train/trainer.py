@@ -46,13 +46,13 @@ def build_parts(cfg: Config, info: DistInfo, *, init_weights: Optional[dict] = N
     device, on_gpu = info.device, info.device.type == "cuda"
     amp_dtype = AMP_DTYPES[cfg.amp.dtype] if on_gpu else None  # fp32 on the CPU
     channels_last = on_gpu if cfg.model.channels_last is None else cfg.model.channels_last
+    data.prepare_demo(cfg.data, info)  # first: a data.root the demo may not write into stops the run before any build
     seed_all(cfg.seed)  # the same weights on every rank (DDP broadcasts rank 0's anyway)
     model = models.build_model(cfg.model.name, num_classes=cfg.model.num_classes, norm=cfg.model.norm,
                                zero_init_last=cfg.model.zero_init_last)
     if init_weights is not None:
         checkpoint.load_model_weights(model, init_weights, source=init_source, model_name=cfg.model.name)
     seed_all(cfg.seed + 1000 * info.rank)  # per-rank streams from here on
-    data.prepare_demo(cfg.data, info)
     train_loader, val_loader = data.build_loaders(cfg.data, num_classes=cfg.model.num_classes, seed=cfg.seed,
                                                   dist=info, channels_last=channels_last)
     model, plain_model = models.prepare(model, device=device, channels_last=channels_last, sync_bn=cfg.model.sync_bn,
