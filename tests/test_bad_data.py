@@ -162,11 +162,17 @@ def test_uncaught_exception_with_workers_exits(jpeg_folder):
     assert result.returncode == 1 and "failure in the middle of an epoch" in result.stderr
 
 
+def _default_sigint() -> None:
+    # A shell's background job (`cmd &` without job control) starts with SIGINT ignored, and a child inherits
+    # that; a terminal's foreground job, which this test plays, has it at its default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_in_own_group(args):
     """The trainer as the leader of a new process group, as a shell job or a torchrun rank is."""
     proc = subprocess.Popen([sys.executable, "-m", "pgt_train", *map(str, args)], cwd=REPO,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            preexec_fn=_default_sigint, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert os.getpgid(proc.pid) == proc.pid != os.getpgrp()  # never signal our own group
     return proc
 
@@ -230,6 +236,7 @@ def test_training_stops_when_nothing_is_readable(folder):
 def test_workers_leave_ctrl_c_to_the_trainer(jpeg_folder):
     """Workers are forked with SIGINT ignored (a Ctrl-C during their start-up would kill them with a
     traceback); the trainer's own Ctrl-C handling is back once they run."""
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN if pytest runs as a background job
     _, loader = training_loader(jpeg_folder, workers=2)
     loader.set_epoch(0)
     batches = iter(loader)
@@ -237,5 +244,5 @@ def test_workers_leave_ctrl_c_to_the_trainer(jpeg_folder):
     for worker in loader.loader._iterator._workers:
         ignored = int(next(line for line in open(f"/proc/{worker.pid}/status") if line.startswith("SigIgn:")).split()[1], 16)
         assert ignored >> (signal.SIGINT - 1) & 1
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
     del batches, loader
