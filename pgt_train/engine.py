@@ -97,8 +97,8 @@ def _accumulate(totals: EpochTotals, nonfinite_run: torch.Tensor, loss: torch.Te
         totals.sums[3] += finite.double() * n
 
 
-def check_nonfinite(nonfinite_run: torch.Tensor, limit: int, where: str) -> None:
-    """Raises NonFiniteLoss once `limit` consecutive losses were NaN/inf (one host sync)."""
+def check_nonfinite(nonfinite_run, limit: int, where: str) -> None:
+    """Raises NonFiniteLoss once `limit` consecutive losses were NaN/inf (a tensor costs one host sync)."""
     count = int(nonfinite_run)
     if count >= limit:
         raise NonFiniteLoss(f"loss was not finite for {count} consecutive micro-batches ({where})")
@@ -138,10 +138,11 @@ def train_one_epoch(model: torch.nn.Module, loader: Iterable, loss_fn: Callable,
         scheduler.step_update(step)
         bar.update(1)
         if step % opts.log_interval == 0:
-            loss_sum, correct, count, finite = totals.sums.tolist()  # the only host sync inside the epoch
+            # the only host sync inside the epoch: the sums and the non-finite count in one copy
+            loss_sum, correct, count, finite, bad = torch.cat([totals.sums, nonfinite_run.view(1)]).tolist()
             bar.set_postfix(loss=f"{loss_sum / max(finite, 1):.3f}", top1=f"{100 * correct / max(count, 1):.1f}",
                             lr=f"{current_lr(optimizer):.4g}")
-            check_nonfinite(nonfinite_run, opts.max_nonfinite_steps, f"epoch {epoch}, step {step}")
+            check_nonfinite(int(bad), opts.max_nonfinite_steps, f"epoch {epoch}, step {step}")
         if on_step is not None and on_step(step):
             stopped = True
             break

@@ -17,7 +17,7 @@ from PIL import Image
 
 from pgt_train.errors import UserError
 from pgt_train.preempt import EXIT_PREEMPTED
-from tests.helpers import REPO, make_jpeg_folder, run_cli
+from tests.helpers import REPO, run_cli
 
 
 def tiny(root, run_dir, *extra):

@@ -23,7 +23,7 @@ from pgt_train import benchmarking
 from pgt_train.config import DataConfig
 from pgt_train.data import build_loaders
 from pgt_train.data.folder import build_datasets
-from pgt_train.data.gpu_decode import (BatchDecoder, EncodedImageFolder, EncodedSample, build_encoded_datasets,
+from pgt_train.data.gpu_decode import (BatchDecoder, EncodedSample, build_encoded_datasets,
                                        collate_encoded)
 from pgt_train.data.torch_loader import IMAGENET_MEAN, IMAGENET_STD, CorruptSample
 from pgt_train.dist import DistInfo

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from pgt_train.config import DataConfig
 from pgt_train.data.base import Loader  # noqa: F401  (the loader contract)
 from pgt_train.dist import DistInfo, barrier

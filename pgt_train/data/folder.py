@@ -13,7 +13,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import torch
 from PIL import Image
 from torchvision import datasets
 from torchvision.transforms import v2
