@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from pgt_train import config
-from pgt_train.report import main
+from pgt_train.report.cli import main
 from pgt_train.writers import SUMMARY_COLUMNS, read_summary
 from tests.helpers import REPO, finish, run_python, start_cli, tiny_run_args
 
@@ -220,7 +220,7 @@ def test_same_seed_twice_is_one_seed(tmp_path):
 def test_tables_without_matplotlib_say_what_to_install(tmp_path, monkeypatch, capsys):
     for name in ("matplotlib", "matplotlib.figure", "matplotlib.ticker"):
         monkeypatch.setitem(sys.modules, name, None)  # import raises ModuleNotFoundError, as when not installed
-    monkeypatch.delitem(sys.modules, "pgt_train.report_plots", raising=False)
+    monkeypatch.delitem(sys.modules, "pgt_train.report.figures", raising=False)
     write_run(tmp_path / "run")
     assert main([str(tmp_path / "run"), "--out", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "report.csv").is_file() and not list((tmp_path / "r").glob("*.png"))
@@ -229,11 +229,11 @@ def test_tables_without_matplotlib_say_what_to_install(tmp_path, monkeypatch, ca
 
 
 def test_zeroed_counts_have_integer_ticks(tmp_path):
-    from pgt_train import report, report_plots
+    from pgt_train.report import figures, runs
     write_run(tmp_path / "run", train_top1=(1, 2, 3), val_top1=(1, 2, 3),
               extra={"zeroed_filters": (0, 1, 2), "zeroed_features": (0, 0, 1)})
-    groups = report.group_runs(report.load_runs([tmp_path / "run"])[0])
-    fig = report_plots.zeroed_figure(groups, groups)
+    groups = runs.group_runs(runs.load_runs([tmp_path / "run"])[0])
+    fig = figures.zeroed_figure(groups, groups)
     fig.canvas.draw()
     for ax in fig.axes:
         for ticks in (ax.get_xticks(), ax.get_yticks()):

@@ -1,6 +1,6 @@
 """pgt-report's figures (matplotlib, the `report` extra): one function per figure, each returns the Plot records it
-made, or one saying why it skipped. pgt_train.report imports this module only when it draws, so the tables need
-no matplotlib."""
+made, or one saying why it skipped. Only pgt_train.report.cli imports this module, when it draws, so the tables
+need no matplotlib; this module depends on the data model (model, stats), never the reverse."""
 from __future__ import annotations
 
 import math
@@ -15,7 +15,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
 from pgt_train.pgt import power_softmax
-from pgt_train.report import Group, Plot, Run, alpha_value, clip_text, final, identity_key, mean_std
+from pgt_train.report.model import Group, Plot, Run, alpha_value, clip_text, identity_key
+from pgt_train.report.stats import final, mean_std
 
 MAX_FILTER_RUNS = 4  # three layers each: at most 12 filter-norm files
 EXAMPLE_LOGITS = (1.2, -0.4, 3.1, 0.3, -1.5, 2.2, 0.0, -0.8, 4.0, 0.9)  # an arbitrary C = 10 example for Fig. 2

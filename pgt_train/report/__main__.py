@@ -1,0 +1,5 @@
+import sys
+
+from pgt_train.report.cli import main
+
+sys.exit(main())

@@ -1,0 +1,78 @@
+"""The paper's rows: numbers from pgt_train/reference/paper_results.yaml, settings from the recipes that
+configs/paper/index.yaml links to each row, under each reading (configs/reading/); and which row a group equals."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pgt_train import config
+from pgt_train.errors import UserError
+from pgt_train.report.model import ROW_FREE, Group
+
+PAPER_RESULTS = Path(__file__).resolve().parents[1] / "reference" / "paper_results.yaml"
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    id: str  # T<table>#<row>
+    table: int
+    numbers: dict  # the row of paper_results.yaml: train, test (and gap, note)
+    readings: dict  # reading name -> the row recipe's defining settings under that reading
+
+
+@dataclass(frozen=True)
+class RowMatch:
+    row: PaperRow
+    reading: str
+    diffs: list = field(default_factory=list)  # (key, ours, the row's), ROW_FREE aside; empty: comparable
+
+
+def find_configs(given: Path | None) -> Path | None:
+    """The configs/ folder holding paper/index.yaml: --configs, else the repository's (the package's parent in a
+    source checkout), else ./configs (the Docker image's working folder); None when there is none."""
+    if given is not None:
+        if not (given / "paper" / "index.yaml").is_file():
+            raise UserError(f"--configs {given}: no paper/index.yaml in it (pass the repository's configs/ folder)")
+        return given
+    for candidate in (Path(__file__).resolve().parents[2] / "configs", Path("configs")):
+        if (candidate / "paper" / "index.yaml").is_file():
+            return candidate
+    return None
+
+
+def reading_overlays(configs: Path) -> dict:
+    """Reading name -> overlay file; {"recipe": None} (the recipes as they are) when there are no reading files."""
+    names = getattr(config, "READINGS", ("paper", "code"))
+    found = {name: configs / "reading" / f"{name}.yaml" for name in names}
+    return {name: path for name, path in found.items() if path.is_file()} or {"recipe": None}
+
+
+def load_paper_rows(configs: Path | None, *, table: int | None) -> list[PaperRow]:
+    if configs is None:
+        return []
+    paper = yaml.safe_load(PAPER_RESULTS.read_text())
+    index = yaml.safe_load((configs / "paper" / "index.yaml").read_text())
+    overlays = reading_overlays(configs)
+    rows = []
+    for n in [table] if table else [1, 2, 3]:
+        numbers = {r["row"]: r for r in paper[f"table{n}"]}
+        for entry in index[f"table{n}"]:
+            recipe = configs.parent / entry["recipe"]
+            readings = {name: config.defining_settings(config.load(recipe, overlays=[path] if path else []))
+                        for name, path in overlays.items()}
+            rows.append(PaperRow(f"T{n}#{entry['row']}", n, numbers[entry["row"]], readings))
+    return rows
+
+
+def match_row(group: Group, rows: list[PaperRow]) -> RowMatch | None:
+    """The first row (Tables 1, 2, 3 in turn) whose recipe the group equals on every defining setting but ROW_FREE,
+    under some reading; else the nearest row, with the differences; None without paper rows."""
+    candidates = [RowMatch(row, reading, config.diff_defining(group.settings, identity, ignore=ROW_FREE))
+                  for row in rows for reading, identity in row.readings.items()]
+    return min(candidates, key=lambda m: len(m.diffs), default=None)
+
+
+def comparable(match: RowMatch | None) -> bool:
+    return match is not None and not match.diffs

@@ -1,0 +1,130 @@
+"""report.md and report.csv from the table's dicts (rows.py): cell formatting, the explanation, the notes."""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from pgt_train.report.model import Group, Plot
+
+TABLE_TITLES = {1: "batch-normalised networks", 2: "ResNet-18 without BN", 3: "ResNet-50 ablation"}
+
+
+def absent(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def fmt(value, *, std=math.nan, sign=False, digits=2) -> str:
+    if absent(value):
+        return "—"
+    text = f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+    return text if math.isnan(std) else f"{text} ± {std:.{digits}f}"
+
+
+def fmt_delta(value, error) -> str:
+    """A difference with its standard error, or saying that a single run leaves none."""
+    if absent(value):
+        return "—"
+    return f"{value:+.2f} (single run)" if absent(error) else f"{value:+.2f} ± {error:.2f}"
+
+
+def paper_number(value) -> str:
+    return "—" if value is None else f"{value:.3f}".rstrip("0").rstrip(".")  # as printed: 79.68, 77.216
+
+
+def paper_cell(r: dict) -> str:
+    if r["comparable"] == "no":
+        return "not comparable"
+    return r["paper_row"] + ("*" if r["unfinished"] else "") if r["paper_row"] else "—"
+
+
+def table_cells(r: dict) -> list[str]:
+    epochs = str(r["epochs"]) if r["epochs_trained"] == r["epochs"] else f"{r['epochs_trained']}/{r['epochs']}"
+    duplicates = len(r["duplicates"].split(";")) if r["duplicates"] else 0
+    return [r["group"], r["reading"] or "—", r["model"] + (" (no BN)" if r["norm"] == "none" else ""), r["sched"],
+            "—" if r["alpha"] is None else f"{r['alpha']:g}", r["impl"] or "—", f"{r['lr']:g}",
+            f"{r['label_smoothing']:g}", r["clip"] or "—", str(r["batch"]), epochs,
+            str(r["seeds"]) + (f" (+{duplicates} dup.)" if duplicates else ""),
+            fmt(r["train_top1"], std=r["train_top1_std"]), fmt(r["test_top1"], std=r["test_top1_std"]),
+            fmt(r["best_test_top1"], std=r["best_test_top1_std"]), fmt_delta(r["train_diff"], r["train_diff_se"]),
+            fmt_delta(r["test_diff"], r["test_diff_se"]), fmt(r["gap"], std=r["gap_std"]), paper_cell(r),
+            paper_number(r["paper_train"]), paper_number(r["paper_test"]),
+            fmt_delta(r["paper_train_diff"], r["paper_train_diff_se"]),
+            fmt_delta(r["paper_test_diff"], r["paper_test_diff_se"])]
+
+
+def format_table(rows: list[dict]) -> str:
+    header = ["Run", "Reading", "Model", "Sched", "α", "Impl", "LR", "LS", "Clip", "Batch", "Epochs", "n",
+              "Train top-1", "Test top-1", "Best test", "Δ train", "Δ test", "Gap", "Paper row", "Paper train",
+              "Paper test", "Δ train vs paper", "Δ test vs paper"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(table_cells(r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for r in rows:  # empty cells for absent values; NaN (a single seed's std) too
+            writer.writerow({k: "" if absent(v) else v for k, v in r.items()})
+
+
+EXPLANATION = (
+    "Epochs: trained/scheduled when a run stopped early. n: distinct seeds (a second run of the same seed and "
+    "settings is a duplicate, counted once). Δ train / Δ test: difference to the baseline, the group with PGT off "
+    "equal in every other defining setting (LR included; α and pgt.impl aside), ± the standard error of the "
+    "difference √(s₁²/n₁ + s₂²/n₂); \"single run\": a side has n = 1, so there is no spread to give. Gap: "
+    "train − test. Paper row: T<table>#<row> of pgt_train/reference/paper_results.yaml, given only for a group "
+    "equal to that row's recipe (configs/paper/index.yaml) in every defining setting, seed and pgt.impl aside "
+    "(pgt_train/config.py, NOT_DEFINING, lists the settings that do not define a run); Reading: the overlay of "
+    "configs/reading/ under which it is equal. Δ vs paper: ours − paper, ± our standard error s/√n (the paper "
+    "reports one run per row and no spread).")
+
+
+def notes(rows: list[dict], groups: list[Group], *, paper_rows: bool) -> list[str]:
+    lines = []
+    unfinished = [f"- {r['group']} ({r['paper_row']}*): {r['unfinished']}" for r in rows if r["unfinished"]]
+    if unfinished:
+        lines += ["", "\\* Unfinished: the paper's number is for the whole schedule.", "", *unfinished]
+    apart = [f"- {r['group']}: nearest row {r['nearest_row']}; differs in {r['differs']}"
+             for r in rows if r["comparable"] == "no"]
+    if apart:
+        lines += ["", "### Not comparable with a paper row", "",
+                  "Each differs from every row's recipe, under every reading, in a defining setting:", "", *apart]
+    if not paper_rows:
+        lines += ["", "Paper rows: not compared, no configs/paper/index.yaml found (run pgt-report from the "
+                      "repository or pass --configs DIR)."]
+    duplicates = [f"- {g.label}: {dup.path} repeats seed {dup.settings['seed']} of {kept.path} with the same "
+                  f"settings; counted once" for g in groups for dup, kept in g.duplicates]
+    if duplicates:
+        lines += ["", "### Duplicate runs", "", *duplicates]
+    return lines
+
+
+def figure_lines(plots: list[Plot], plots_note: str) -> list[str]:
+    lines = ["", "## Figures", ""]
+    for plot in plots:
+        if not plot.skipped:
+            lines += [f"![{plot.caption}]({plot.file})", "", f"*{plot.file}: {plot.caption}*", ""]
+    skipped = [f"- {p.file} skipped: {p.skipped}" for p in plots if p.skipped]
+    if skipped:
+        lines += ["Skipped figures:", "", *skipped, ""]
+    if plots_note:
+        lines += [plots_note, ""]
+    return lines
+
+
+def format_report(rows: list[dict], *, plots: list[Plot], plots_note: str, table: int | None, groups: list[Group],
+                  skipped_runs: list[str], paper_rows: bool) -> str:
+    n_runs = sum(len(g.runs) + len(g.duplicates) for g in groups)
+    title = f"Comparison with the paper's Table {table} ({TABLE_TITLES[table]})" if table else "Runs"
+    shown = [r for r in rows if r["comparable"] == "yes"] if table else rows
+    lines = ["# PGT report", "", f"{n_runs} runs in {len(groups)} groups (runs equal in every defining setting but "
+             "the seed). Accuracies are top-1 in %; test = the validation set; mean ± sample std over the distinct "
+             "seeds where n > 1.", "", f"## {title}", "", format_table(shown), "", EXPLANATION,
+             *notes(rows, groups, paper_rows=paper_rows), *figure_lines(plots, plots_note),
+             "## Run folders", "", *[f"- {g.label}: {', '.join(str(r.path) for r in g.runs)}" for g in groups]]
+    if skipped_runs:
+        lines += ["", "Skipped folders:", "", *[f"- {s}" for s in skipped_runs]]
+    return "\n".join(lines) + "\n"
