@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
 from pgt_train import checkpoint, config, data, dist, engine, preempt, trainer, writers
 from pgt_train.errors import UserError
@@ -90,10 +89,10 @@ def restartable(run_dir: Path, cfg: config.Config) -> bool:
         return False
     if writers.read_summary(run_dir / "summary.csv") or not (run_dir / "config.yaml").is_file():
         return False
-    try:
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-        return isinstance(saved, dict) and not config.diff_defining(saved, cfg)
-    except (yaml.YAMLError, OSError, ValueError, TypeError, KeyError):
+    try:  # the run's own file, but read as a recipe is: no alias bomb, FIFO or /dev/zero hangs --resume auto
+        saved = config.read_yaml(run_dir / "config.yaml")
+        return not config.diff_defining(saved, cfg)
+    except (config.ConfigError, ValueError, TypeError, KeyError):
         return False
 
 
@@ -101,6 +100,9 @@ def check_setup(cfg: config.Config) -> None:
     """What the config alone cannot tell: the machine and the per-process batch."""
     if cfg.run.device == "cuda" and not torch.cuda.is_available():
         raise UserError("run.device: cuda was asked for but this machine has no usable CUDA GPU; use auto or cpu")
+    if cfg.model.sync_bn and cfg.model.norm == "bn" and (cfg.run.device == "cpu" or not torch.cuda.is_available()):
+        raise UserError("model.sync_bn=true needs CUDA GPUs (torch's SyncBatchNorm has no CPU implementation); set "
+                        "model.sync_bn=false to train on the CPU")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     micro = data.per_rank_batch(cfg.data.batch_size, world_size, cfg.data.accum_steps)
     if micro == 1 and cfg.model.norm == "bn":
@@ -128,6 +130,7 @@ def preflight(args: argparse.Namespace, cfg: config.Config) -> tuple[Path | None
     resume_path = resolve_resume(args.resume, run_dir)
     check_run_dir(run_dir, resume_path, resume_auto=args.resume == "auto", cfg=cfg)
     check_setup(cfg)
+    data.check_folders(cfg.data, num_classes=cfg.model.num_classes)  # before a model of num_classes is built
     if resume_path is None:
         return None, None
     state = checkpoint.load(resume_path)

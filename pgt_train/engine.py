@@ -18,6 +18,7 @@ from timm.utils import dispatch_clip_grad
 from tqdm import tqdm
 
 from pgt_train.dist import all_reduce_max, all_reduce_sum
+from pgt_train.errors import UserError
 from pgt_train.optim import current_lr
 
 
@@ -189,6 +190,10 @@ def evaluate(model: torch.nn.Module, loader: Iterable, *, device: torch.device,
         sums += (per_image * keep[:, None]).sum(0)
         logit_max = torch.maximum(logit_max, torch.where(keep[:, None] > 0, logits, -float("inf")).max().view(1))
     ce, top1, top5, n, norm_sum, z_sum, z2_sum, entries = all_reduce_sum(sums).tolist()
+    if n == 0:  # the same verdict on every rank (summed); a top-1 of 0 would be logged, saved as best and reported
+        raise UserError("validation scored no image: every val image was unreadable or skipped (see the warnings "
+                        "above), so this epoch has no result; fix or replace data.root/val (nothing of this epoch "
+                        "was saved)")
     n_safe, e_safe = max(n, 1), max(entries, 1)
     mean = z_sum / e_safe
     return {

@@ -30,6 +30,15 @@ def check_train_size(n_images: int, cfg: DataConfig) -> None:
                         f"({cfg.batch_size}); lower data.batch_size")
 
 
+def check_folders(cfg: DataConfig, *, num_classes: int) -> None:
+    """data.root's layout, class folders and readability, checked before anything is built or written
+    (cli.preflight). The demo's folder is written later (prepare_demo); build_datasets checks its layout then."""
+    if cfg.loader == "synthetic" or cfg.demo.enabled:
+        return
+    from pgt_train.data.folder import check_folder
+    check_folder(Path(cfg.root).expanduser(), num_classes)
+
+
 def prepare_demo(cfg: DataConfig, dist: DistInfo) -> None:
     """Rank 0 writes the demo JPEGs once (cached by parameters); the other ranks wait for it."""
     if not cfg.demo.enabled:

@@ -97,6 +97,19 @@ def to_torch(tensor_list, device: torch.device) -> torch.Tensor:
     return out.to(device, non_blocking=True)
 
 
+def undecodable(files, *, near: int, budget_s: float = 30.0) -> UserError:
+    """The error for a file DALI could not decode, naming it: PIL tries the files nearest to position `near` of the
+    reader's list first (val reads in order: the failing batch; train shuffles within a buffer around it)."""
+    from pgt_train.data.folder import find_unreadable
+    found, checked = find_unreadable(files, near=near, budget_s=budget_s)
+    advice = ("DALI stops at an unreadable file (data.loader=torchvision skips and counts such files): remove or "
+              "replace it, or train with data.loader=torchvision")
+    if found is None:
+        return UserError(f"data.loader=dali: DALI could not decode an image, and PIL read all {checked} of the "
+                         f"{len(files)} files it checked near it; {advice}")
+    return UserError(f"data.loader=dali: cannot decode {found}; {advice}")
+
+
 class DaliLoader:
     """Iterable of (images, targets) on the device; len() = micro-batches per rank per epoch.
 
@@ -104,12 +117,13 @@ class DaliLoader:
     """
 
     def __init__(self, pipe, *, train: bool, batch_size: int, batches: int | None, device: torch.device,
-                 channels_last: bool):
+                 channels_last: bool, files: tuple[str, ...] = ()):
         meta = pipe.reader_meta(READER)
         shards, n = meta["number_of_shards"], meta["epoch_size"]
         self.reader_batches = math.ceil(meta["epoch_size_padded"] // shards / batch_size)
         start, end = shard_range(n, meta["shard_id"], shards)
         self.shard_size = end - start  # real samples in this rank's shard; past it, padding
+        self.shard_start, self.files = start, files  # the reader's file list: to name a file it cannot decode
         self.pipe, self.train, self.batch_size = pipe, train, batch_size
         self.batches = self.reader_batches if batches is None else batches
         self.device, self.channels_last = device, channels_last
@@ -127,7 +141,13 @@ class DaliLoader:
 
     def _read(self):
         self.position += 1
-        return self.pipe.run()
+        try:
+            return self.pipe.run()
+        except RuntimeError as e:  # DALI's message names the operator, never the file
+            if "decoders" not in str(e):
+                raise
+            batch = (self.position - 1) % self.reader_batches
+            raise undecodable(self.files, near=self.shard_start + batch * self.batch_size) from None
 
     def __iter__(self):
         while self.position % self.reader_batches:  # the last pass was left early: finish its reader epoch
@@ -173,5 +193,6 @@ def build_dali_loaders(cfg: DataConfig, *, batch_size: int, num_classes: int, se
         pipe = build_pipeline(files, labels, train=train, cfg=cfg, batch_size=batch_size, seed=seed, dist=dist,
                               gpu=device == "gpu", channels_last=channels_last)
         loaders.append(DaliLoader(pipe, train=train, batch_size=batch_size, device=dist.device,
-                                  batches=(n // w) // batch_size if train else None, channels_last=channels_last))
+                                  batches=(n // w) // batch_size if train else None, channels_last=channels_last,
+                                  files=tuple(files)))
     return tuple(loaders)

@@ -10,11 +10,13 @@ import os
 import random
 import stat
 import sys
+import time
 import warnings
 from pathlib import Path
 
 from PIL import Image
 from torchvision import datasets
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
 from pgt_train.data.torch_loader import REPLACEMENT_TRIES, CorruptSample, sample_rng, sample_seed
@@ -58,11 +60,12 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def _scan_class(class_dir: str, other_classes: list[str], visited: set[str]) -> list[str]:
+def _scan_class(class_dir: str, other_classes: list[str], visited: set[str], warn: bool = True) -> list[str]:
     """Files under one class folder, sorted, following symlinked folders except into a loop, a folder
     already scanned, or another class's folder (whose images would get this class's label).
 
     visited: real paths of the folders scanned so far in this split (the class folders to begin with).
+    warn: print a warning for each folder skipped (off for check_folder's look ahead: the build warns).
     """
     files, class_real = [], os.path.realpath(class_dir)
     for root, dirs, names in os.walk(class_dir, followlinks=True):
@@ -73,13 +76,32 @@ def _scan_class(class_dir: str, other_classes: list[str], visited: set[str]) -> 
             if real in visited or _inside(class_real, real) or clash:
                 why = (f"it overlaps class folder {clash}" if clash
                        else "it was already scanned (a symlink loop or a duplicate)")
-                print(f"warning: data.root: skipped folder {os.path.join(root, d)} -> {real}: {why}", file=sys.stderr)
+                if warn:
+                    print(f"warning: data.root: skipped folder {os.path.join(root, d)} -> {real}: {why}",
+                          file=sys.stderr)
                 continue
             visited.add(real)
             keep.append(d)
         dirs[:] = keep
         files += [os.path.join(root, n) for n in names]
     return sorted(files)
+
+
+def list_samples(directory, class_to_idx: dict, extensions, *, allow_empty: bool = False,
+                 warn: bool = True) -> list[tuple[str, int]]:
+    """(path, class index) of every image file, class by class in sorted order, with the loop-safe scan."""
+    real_dirs = {c: os.path.realpath(os.path.join(directory, c)) for c in class_to_idx}
+    visited, samples, empty = set(real_dirs.values()), [], []
+    for name in sorted(class_to_idx):
+        others = [d for c, d in real_dirs.items() if c != name]
+        found = [(f, class_to_idx[name]) for f in _scan_class(os.path.join(directory, name), others, visited, warn)
+                 if datasets.folder.has_file_allowed_extension(f, extensions)]
+        empty += [] if found else [name]
+        samples += found
+    if empty and not allow_empty:
+        raise FileNotFoundError(f"Found no valid file for the classes {', '.join(empty)}. "
+                                f"Supported extensions are: {', '.join(extensions)}")
+    return samples
 
 
 class SeededImageFolder(datasets.ImageFolder):
@@ -99,18 +121,7 @@ class SeededImageFolder(datasets.ImageFolder):
     @staticmethod
     def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
         """torchvision's listing, but with the loop-safe scan (its os.walk follows every symlink)."""
-        real_dirs = {c: os.path.realpath(os.path.join(directory, c)) for c in class_to_idx}
-        visited, samples, empty = set(real_dirs.values()), [], []
-        for name in sorted(class_to_idx):
-            others = [d for c, d in real_dirs.items() if c != name]
-            found = [(f, class_to_idx[name]) for f in _scan_class(os.path.join(directory, name), others, visited)
-                     if datasets.folder.has_file_allowed_extension(f, extensions)]
-            empty += [] if found else [name]
-            samples += found
-        if empty and not allow_empty:
-            raise FileNotFoundError(f"Found no valid file for the classes {', '.join(empty)}. "
-                                    f"Supported extensions are: {', '.join(extensions)}")
-        return samples
+        return list_samples(directory, class_to_idx, extensions, allow_empty=allow_empty)
 
     def __getitem__(self, key):
         index, epoch = key
@@ -147,6 +158,22 @@ def _class_folders(split_dir: Path) -> list[str]:
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir())
 
 
+def _check_distinct(root: Path, splits: dict[str, list[str]]) -> None:
+    """No class folder may resolve (symlinks followed) to, into or around another: within a split its images
+    would be trained under two labels; across splits validation would score training images."""
+    real = sorted((tuple(Path(os.path.realpath(root / split / c)).parts), f"{split}/{c}")
+                  for split, classes in splits.items() for c in classes)
+    # Sorted by path components, a folder is directly followed by what lies inside it: adjacent pairs suffice.
+    for (outer, a), (inner, b) in zip(real, real[1:]):
+        if inner[:len(outer)] != outer:
+            continue
+        why = ("validation would score training images" if a.split("/")[0] != b.split("/")[0] else
+               "its images would be trained under two labels")
+        what = (f"{root / min(a, b)} and {root / max(a, b)} are the same folder ({os.path.join(*inner)})"
+                if inner == outer else f"{root / b} resolves to {os.path.join(*inner)}, inside {root / a}")
+        raise UserError(f"data.root: {what}: {why}; give each class folder its own images")
+
+
 def check_layout(root: Path, num_classes: int) -> list[str]:
     """The class list, or a UserError that says what is wrong with the folder and how to fix it."""
     if not root.is_dir():
@@ -160,6 +187,7 @@ def check_layout(root: Path, num_classes: int) -> list[str]:
         if not classes:
             raise UserError(f"data.root: {split_dir} has no class folders")
         splits[split] = classes
+    _check_distinct(root, splits)
     if splits["train"] != splits["val"]:
         only_train = sorted(set(splits["train"]) - set(splits["val"]))[:3]
         only_val = sorted(set(splits["val"]) - set(splits["train"]))[:3]
@@ -169,6 +197,52 @@ def check_layout(root: Path, num_classes: int) -> list[str]:
         raise UserError(f"model.num_classes is {num_classes} but {root}/train has {len(splits['train'])} class "
                         f"folders; set model.num_classes={len(splits['train'])}")
     return splits["train"]
+
+
+def check_readable(split_dir: Path, classes: list[str]) -> None:
+    """UserError unless the split holds at least one readable image. Files are tried in the loader's order and the
+    first readable one ends the check: one decode for a sound folder, a pass over the files for a broken one."""
+    try:
+        samples = list_samples(split_dir, {c: i for i, c in enumerate(classes)}, IMG_EXTENSIONS, warn=False)
+    except FileNotFoundError as e:  # a class folder without any image file
+        raise UserError(f"data.root: {e}") from None
+    first_error = None
+    for path, _ in samples:
+        try:
+            read_rgb(path)
+            return
+        except UnreadableImage as e:
+            first_error = first_error or f"{path}: {e}"
+    use = "nothing to score" if split_dir.name == "val" else "nothing to train on"
+    raise UserError(f"data.root: none of the {len(samples)} image files under {split_dir} is readable (the first: "
+                    f"{first_error}), so there is {use}; replace the files or point data.root at another folder")
+
+
+def find_unreadable(paths, *, near: int, budget_s: float) -> tuple[str | None, int]:
+    """("path (why)") of the unreadable file (read_rgb) nearest to index `near` of `paths`, searching outward for at
+    most `budget_s` seconds, or None; and how many files were checked."""
+    start, checked = time.monotonic(), 0
+    near = min(max(near, 0), max(len(paths) - 1, 0))
+    for step in range(2 * len(paths)):
+        index = near + (step + 1) // 2 * (1 if step % 2 else -1)  # near, near+1, near-1, near+2, ...
+        if not 0 <= index < len(paths):
+            continue
+        checked += 1
+        try:
+            read_rgb(paths[index])
+        except UnreadableImage as e:
+            return f"{paths[index]} ({e})", checked
+        if time.monotonic() - start > budget_s:
+            break
+    return None, checked
+
+
+def check_folder(root: Path, num_classes: int) -> None:
+    """Everything about an image folder that can be told before a model is built: the layout, the class folders
+    (distinct, as many as model.num_classes) and a readable image in train/ and in val/."""
+    classes = check_layout(root, num_classes)
+    for split in ("train", "val"):
+        check_readable(root / split, classes)
 
 
 def build_datasets(root: str, *, num_classes: int, img_size: int, val_resize: int | None, crop_scale, crop_ratio,
