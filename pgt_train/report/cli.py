@@ -12,7 +12,7 @@ from pgt_train.report.model import Group, Plot
 from pgt_train.report.paper import find_configs, load_paper_rows
 from pgt_train.report.rows import table_rows
 from pgt_train.report.runs import group_runs, load_runs
-from pgt_train.report.tables import format_report, write_csv
+from pgt_train.report.tables import format_report, run_notes, write_csv
 
 PLOTS_EXTRA = 'pip install "pgt-train[report]"'
 
@@ -80,6 +80,8 @@ def main(argv=None) -> int:
                                                       paper_rows=paper_rows))
     for note in skipped_runs:
         print(f"pgt-report: skipped {note}", file=sys.stderr)
+    for note in run_notes(groups):
+        print(f"pgt-report: note: {note}", file=sys.stderr)
     if plots_note:
         print(f"pgt-report: {plots_note}", file=sys.stderr)
     drawn = sum(not p.skipped for p in plots)

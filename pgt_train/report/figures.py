@@ -3,6 +3,7 @@ made, or one saying why it skipped. Only pgt_train.report.cli imports this modul
 need no matplotlib; this module depends on the data model (model, stats), never the reverse."""
 from __future__ import annotations
 
+import functools
 import math
 import re
 from pathlib import Path
@@ -47,9 +48,10 @@ def describe(settings: dict) -> str:
 
 
 def mean_curve(group: Group, column: str) -> tuple[np.ndarray, np.ndarray]:
-    """(epochs, mean over seeds) over the epochs every seed has reached."""
-    n = min(len(r.columns["epoch"]) for r in group.runs)
-    return group.runs[0].columns["epoch"][:n], np.mean([r.columns[column][:n] for r in group.runs], axis=0)
+    """(epochs, mean over seeds) over the epochs every seed has recorded: matched by epoch number, since a run
+    continued from another folder's checkpoint starts past epoch 1 (runs.check_epochs: each epoch once, in order)."""
+    epochs = functools.reduce(np.intersect1d, [r.columns["epoch"] for r in group.runs])
+    return epochs, np.mean([r.columns[column][np.isin(r.columns["epoch"], epochs)] for r in group.runs], axis=0)
 
 
 def log_axes(ax) -> None:

@@ -20,6 +20,7 @@ class Run:
     path: Path
     settings: dict  # config.flat_settings of its config.yaml: every key, defaults where an older run lacks one
     columns: dict  # summary.csv column -> np.ndarray over epochs (NaN where empty)
+    notes: tuple = ()  # what the report should say about this folder's rows (a dropped half-written row, ...)
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,6 +39,12 @@ class Plot:
     file: str  # name inside the report folder
     caption: str  # what it shows and which paper figure it mirrors
     skipped: str = ""  # why it was not drawn; empty when it was
+
+
+def trained_epochs(run: Run) -> int:
+    """The last epoch this run recorded: its epoch column, not its row count (a run continued from another
+    folder's checkpoint holds the later epochs only)."""
+    return int(run.columns["epoch"][-1])
 
 
 def identity_key(settings: dict, *, ignore: tuple = ()) -> tuple:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pgt_train.report.model import Group, clip_text
+from pgt_train.report.model import Group, clip_text, trained_epochs
 from pgt_train.report.paper import PaperRow, RowMatch, match_row
 from pgt_train.report.stats import difference, find_baseline, finals, mean_std, versus_paper
 
@@ -17,7 +17,7 @@ def describe_group(group: Group) -> dict:
             "model": s["model.name"], "norm": s["model.norm"], "sched": s["sched.name"], "alpha": s["pgt.alpha"],
             "impl": s["pgt.impl"] if s["pgt.alpha"] is not None else None, "lr": s["optim.lr"],
             "label_smoothing": s["loss.label_smoothing"], "clip": clip_text(s), "batch": s["data.batch_size"],
-            "epochs_trained": min(len(r.columns["epoch"]) for r in group.runs), "epochs": s["sched.epochs"],
+            "epochs_trained": min(trained_epochs(r) for r in group.runs), "epochs": s["sched.epochs"],
             "seeds": len(group.runs), "seed_list": ";".join(str(r.settings["seed"]) for r in group.runs)}
 
 
@@ -65,7 +65,7 @@ def paper_stats(group: Group, match: RowMatch | None) -> dict:
                paper_test=numbers["test"])
     for name, column in (("train", "train_top1"), ("test", "val_top1")):
         row[f"paper_{name}_diff"], row[f"paper_{name}_diff_se"] = versus_paper(finals(group, column), numbers[name])
-    trained, scheduled = min(len(r.columns["epoch"]) for r in group.runs), group.settings["sched.epochs"]
+    trained, scheduled = min(trained_epochs(r) for r in group.runs), group.settings["sched.epochs"]
     if trained < scheduled:
         row["unfinished"] = f"trained {trained} of {scheduled} epochs"
     return row

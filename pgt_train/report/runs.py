@@ -12,7 +12,7 @@ import yaml
 
 from pgt_train import config
 from pgt_train.errors import UserError
-from pgt_train.report.model import SEED_FREE, Group, Run, identity_key
+from pgt_train.report.model import SEED_FREE, Group, Run, identity_key, trained_epochs
 from pgt_train.writers import SUMMARY_COLUMNS, read_summary
 
 REQUIRED_COLUMNS = ("epoch", "train_top1", "val_top1")
@@ -53,10 +53,67 @@ def load_run(path: Path) -> Run:
     missing = [c for c in REQUIRED_COLUMNS if c not in fieldnames]
     if missing:
         raise UserError(f"{summary_path}: missing column(s) {', '.join(missing)}")
-    # Every column this version writes, NaN where an older run (or diagnostics off) left it out.
-    columns = {c: np.array([number(r.get(c), where=f"{summary_path} column {c}") for r in rows])
-               for c in dict.fromkeys([*SUMMARY_COLUMNS, *fieldnames])}
-    return Run(path=path, settings=config.flat_settings(tree), columns=columns)
+    names = list(dict.fromkeys([*SUMMARY_COLUMNS, *fieldnames]))
+    columns, notes = read_columns(rows, names, path=summary_path)
+    return Run(path=path, settings=config.flat_settings(tree), columns=columns,
+               notes=(*notes, *check_epochs(columns, path=summary_path)))
+
+
+def parse_row(row: dict, names: list[str], *, where: str) -> list[float]:
+    if None in row or None in row.values():  # more cells than the header, or fewer (csv's restkey / restval)
+        raise UserError(f"{where}: {len([v for v in row.values() if v is not None])} cells for {len(row)} columns")
+    return [number(row.get(c), where=f"{where} column {c}") for c in names]
+
+
+def read_columns(rows: list[dict], names: list[str], *, path: Path) -> tuple[dict, list[str]]:
+    """(column -> np.ndarray over rows, NaN where a cell is empty: an older run or diagnostics off; notes). The last
+    row is dropped, with a note, when it is cut short (no line end: a writer killed mid-row, or still writing) or
+    does not parse: it may be "7" of a "75.0" being written. Any other bad row is bad input."""
+    values, notes = [], []
+    for i, row in enumerate(rows):
+        last = i == len(rows) - 1
+        try:
+            if last and not ends_with_line_end(path):
+                raise UserError(f"{path} row {i + 1}: no line end")
+            values.append(parse_row(row, names, where=f"{path} row {i + 1}"))
+        except UserError as e:
+            if not last:
+                raise
+            notes.append(f"{path}: last row not read ({str(e).removeprefix(f'{path} ')}): written half, by a writer "
+                         f"that was killed or is still writing it")
+    if not values:
+        raise UserError(f"{path}: no complete epoch row yet")
+    return dict(zip(names, np.array(values, dtype=float).T)), notes
+
+
+def ends_with_line_end(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) in (b"\n", b"\r")
+
+
+def check_epochs(columns: dict, *, path: Path) -> list[str]:
+    """One run's rows hold whole epochs, each once, consecutive, each validated on at least one image: else the
+    folder is no result (UserError). The first epoch may be past 1 (a run continued from another folder's
+    checkpoint): a note says so."""
+    epochs, val_images = columns["epoch"], columns["val_images"]
+    if np.isnan(epochs).any() or (epochs != np.floor(epochs)).any() or (epochs < 1).any():
+        raise UserError(f"{path}: the epoch column holds something other than epoch numbers 1, 2, ...")
+    seen, counts = np.unique(epochs, return_counts=True)
+    if (counts > 1).any():
+        raise UserError(f"{path}: epoch {seen[counts > 1][0]:.0f} is recorded {counts.max()} times "
+                        f"({(counts > 1).sum()} epochs repeated): two processes wrote this run folder, so its rows "
+                        f"are not one run's; not a result (train it again in a new run.dir)")
+    if (np.diff(epochs) != 1).any():
+        raise UserError(f"{path}: epochs {', '.join(f'{e:.0f}' for e in epochs)} are not consecutive; not one run's rows")
+    if (val_images == 0).any():
+        raise UserError(f"{path}: epoch {epochs[val_images == 0][0]:.0f} was validated on 0 images (no readable "
+                        f"validation image), so its test top-1 is no result")
+    if epochs[0] > 1:
+        return [f"{path.parent}: holds epochs {epochs[0]:.0f}-{epochs[-1]:.0f}; epochs 1-{epochs[0] - 1:.0f} were "
+                f"trained in another folder (continued from its checkpoint), so best test and curves start at epoch "
+                f"{epochs[0]:.0f}"]
+    return []
 
 
 def run_dirs_in(path: Path) -> list[Path]:
@@ -115,7 +172,7 @@ def distinct_seeds(members: list[Run]) -> tuple[tuple, tuple]:
     kept: dict = {}
     for run in members:
         best = kept.get(run.settings["seed"])
-        if best is None or len(run.columns["epoch"]) > len(best.columns["epoch"]):
+        if best is None or trained_epochs(run) > trained_epochs(best):
             kept[run.settings["seed"]] = run
     duplicates = tuple((r, kept[r.settings["seed"]]) for r in members if kept[r.settings["seed"]] is not r)
     return tuple(kept.values()), duplicates

@@ -99,7 +99,15 @@ def notes(rows: list[dict], groups: list[Group], *, paper_rows: bool) -> list[st
                   f"settings; counted once" for g in groups for dup, kept in g.duplicates]
     if duplicates:
         lines += ["", "### Duplicate runs", "", *duplicates]
+    folder_notes = run_notes(groups)
+    if folder_notes:
+        lines += ["", "### Notes on run folders", "", *[f"- {n}" for n in folder_notes]]
     return lines
+
+
+def run_notes(groups: list[Group]) -> list[str]:
+    """What load_run noted about the rows of every run read, duplicates included."""
+    return [note for g in groups for run in (*g.runs, *(dup for dup, _ in g.duplicates)) for note in run.notes]
 
 
 def figure_lines(plots: list[Plot], plots_note: str) -> list[str]:

@@ -1,0 +1,133 @@
+"""pgt-report trusts no row (issue 19, item 7): epochs come from the epoch column, a folder whose epochs repeat is no
+result, a half-written last row is not read, a run continued into a new folder is read as finished, and an epoch
+validated on no image is no result. Run folders are real: summary.csv written by pgt_train.writers.RunWriter (then
+doubled or cut as two appending writers or a killed one left it before runs were locked and rows written whole), or
+trained by pgt-train itself."""
+import csv
+
+import pytest
+
+from pgt_train import config
+from pgt_train.report.cli import main
+from pgt_train.writers import RunWriter, read_summary
+from tests.helpers import REPO, finish, start_cli, tiny_run_args
+
+T1_R18 = "configs/paper/table1/resnet18_cosine.yaml"  # T1#13, 100 epochs
+
+
+def write_config(folder, *, recipe=None, overrides=()):
+    base = [] if recipe else ["data.loader=synthetic"]
+    cfg = config.load(REPO / recipe if recipe else None, [*base, f"run.dir={folder}", *overrides])
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(config.to_yaml(cfg))
+    return folder
+
+
+def metrics(epoch, *, val_top1, val_images=50):
+    return {"epoch": epoch, "lr": 0.1, "train_loss": 1.0, "train_top1": val_top1 + 5.0, "val_loss": 1.5,
+            "val_top1": val_top1, "val_top5": 90.0, "val_images": val_images, "train_img_per_s": 100.0,
+            "epoch_time_s": 1.0}
+
+
+def write_epochs(folder, val_top1, *, copies=1, val_images=50):
+    """summary.csv as pgt-train's RunWriter writes it. `copies` 2: every row twice, in the order two processes
+    appending to one run.dir's summary.csv left them before runs were locked (1, 1, 2, 2, ...)."""
+    writer = RunWriter(folder, enabled=True)
+    for epoch, top1 in enumerate(val_top1, start=1):
+        writer.epoch(metrics(epoch, val_top1=top1, val_images=val_images if epoch == len(val_top1) else 50))
+    writer.close()
+    summary = folder / "summary.csv"
+    header, *rows = summary.read_text().splitlines(keepends=True)
+    summary.write_text(header + "".join(row * copies for row in rows))
+    return folder
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def report_line(out, group):
+    return next(l for l in (out / "report.md").read_text().splitlines() if l.startswith(f"| {group} |"))
+
+
+def test_epochs_written_twice_are_no_result(tmp_path, capsys):
+    # Was "4/100" beside T1#13, and the doubled folder won the seed tie over the clean one (4 rows > 3).
+    runs = tmp_path / "runs"
+    write_epochs(write_config(runs / "clean", recipe=T1_R18), (20.0, 30.0, 40.0))
+    twice = write_epochs(write_config(runs / "twice", recipe=T1_R18), (21.0, 31.0), copies=2)
+    assert [r["epoch"] for r in read_summary(twice / "summary.csv")] == ["1", "1", "2", "2"]
+    out = tmp_path / "r"
+    assert main([str(runs), "--out", str(out)]) == 0
+    (row,) = read_csv(out / "report.csv")
+    assert (row["group"], row["duplicates"], row["epochs_trained"], row["paper_row"]) == ("clean", "", "3", "T1#13")
+    assert "| 3/100 |" in report_line(out, "clean")
+    err = capsys.readouterr().err
+    assert f"skipped {twice / 'summary.csv'}: epoch 1 is recorded 2 times (2 epochs repeated)" in err
+    assert "twice" not in (out / "report.md").read_text().split("## Run folders")[0]
+    assert main([str(twice), "--out", str(tmp_path / "r2")]) == 2  # named on its own: bad input, nothing written
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "two processes wrote this run folder" in err
+    assert not (tmp_path / "r2").exists()
+
+
+def test_doubled_rows_do_not_read_as_more_epochs_than_scheduled(tmp_path, capsys):
+    # Was "4/2": every epoch of a 2-epoch run written twice.
+    run = write_epochs(write_config(tmp_path / "run", overrides=["sched.epochs=2", "sched.warmup_epochs=0"]), (30.0, 40.0), copies=2)
+    assert main([str(run), "--out", str(tmp_path / "r")]) == 2
+    assert "epoch 1 is recorded 2 times" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cut_after", ["7", "2"])  # inside "75" of val_top1; just after the epoch number
+def test_half_written_last_row_is_not_read(tmp_path, capsys, cut_after):
+    # Was test top-1 7.00 for 75: the cut row read as a value, its missing cells as empty.
+    run = write_epochs(write_config(tmp_path / "run", overrides=["sched.epochs=2", "sched.warmup_epochs=0"]), (60.0, 75.0))
+    summary = run / "summary.csv"
+    text = summary.read_text()
+    last_row = text.rstrip("\r\n").rsplit("\n", 1)[1]
+    cut = text.rindex(last_row) + (last_row.index(",75,") + 2 if cut_after == "7" else 1)
+    summary.write_text(text[:cut])  # what a writer killed mid-row leaves
+    assert summary.read_text().endswith(",7" if cut_after == "7" else "\n2")
+    out = tmp_path / "r"
+    assert main([str(run), "--out", str(out)]) == 0
+    (row,) = read_csv(out / "report.csv")
+    assert (float(row["test_top1"]), row["epochs_trained"]) == (60.0, "1")
+    assert "| 1/2 |" in report_line(out, "run") and "75" not in row["best_test_top1"]
+    note = f"{summary}: last row not read (row 2: no line end)"
+    assert note in capsys.readouterr().err and note in (out / "report.md").read_text()
+
+
+def test_run_without_validation_images_is_no_result(tmp_path, capsys):
+    # Was listed with test top-1 0.00 (val_loss 0, val_images 0) beside the good run.
+    write_epochs(write_config(tmp_path / "runs" / "good"), (30.0, 40.0))
+    empty = write_epochs(write_config(tmp_path / "runs" / "no_val", overrides=["pgt.alpha=0.3"]), (30.0, 0.0),
+                         val_images=0)
+    out = tmp_path / "r"
+    assert main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    assert [r["group"] for r in read_csv(out / "report.csv")] == ["good"]
+    assert f"skipped {empty / 'summary.csv'}: epoch 2 was validated on 0 images" in capsys.readouterr().err
+    assert main([str(empty), "--out", str(tmp_path / "r2")]) == 2
+    assert "no readable validation image" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_run_continued_into_a_new_folder_reads_finished(tmp_path, capsys):
+    # Was "1/2" for a finished run: the new folder holds epoch 2 only, one row, and rows were counted as epochs.
+    tiny = tiny_run_args(None, "model.norm=none", epochs=2)
+    first = finish(start_cli(*tiny, f"run.dir={tmp_path / 'a'}", "--run-epochs", "1"), timeout=120)
+    assert first.returncode == 0, first.stderr
+    second = finish(start_cli(*tiny, f"run.dir={tmp_path / 'b'}", "--resume", tmp_path / "a" / "last.pth"),
+                    timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert [r["epoch"] for r in read_summary(tmp_path / "b" / "summary.csv")] == ["2"]
+    out = tmp_path / "r"
+    assert main([str(tmp_path / "b"), "--out", str(out)]) == 0
+    (row,) = read_csv(out / "report.csv")
+    assert (row["epochs_trained"], row["epochs"]) == ("2", "2")
+    cells = report_line(out, "b").split(" | ")
+    assert cells[10] == "2"  # the Epochs column: finished, not "1/2"
+    assert "epochs 1-1 were trained in another folder" in (out / "report.md").read_text()
+    # Both folders together: one seed, the continued folder counts (it reached epoch 2), the first is its duplicate.
+    assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
+    (row,) = read_csv(out / "report.csv")
+    assert (row["runs"], row["duplicates"], row["epochs_trained"]) == (str(tmp_path / "b"), str(tmp_path / "a"), "2")
