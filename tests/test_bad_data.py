@@ -74,26 +74,127 @@ def test_grayscale_cmyk_rgba_and_png_are_converted(folder, tmp_path):
     assert int(row["corrupt_images"]) == 0
 
 
-@pytest.mark.parametrize("breakage, message", [
-    ("empty_root", "train is missing"),
-    ("empty_class", "Found no valid file for the classes"),
-    ("class_mismatch", "train/ and val/ have different classes"),
-])
-@pytest.mark.slow
-def test_broken_layouts_exit_2_with_one_line(folder, tmp_path, breakage, message):
+def break_folder(folder, breakage):
+    """Breaks a copy of the tiny JPEG folder (3 classes, 6 train and 3 val images each) in one way."""
+    train, val = folder / "train", folder / "val"
     if breakage == "empty_root":
         shutil.rmtree(folder)
         folder.mkdir()
     elif breakage == "empty_class":
-        for f in (folder / "train" / "a_round").iterdir():
+        for f in (train / "a_round").iterdir():
             f.unlink()
+    elif breakage == "class_mismatch":
+        (val / "c_stripe").rename(val / "d_other")
+    elif breakage == "class_symlink":  # a 4th class that is a_round again: its images under two labels
+        (train / "d_copy").symlink_to("a_round")
+        (val / "d_copy").symlink_to("a_round")
+    elif breakage == "val_into_train":  # val/c_stripe is train/c_stripe: validation on training images
+        shutil.rmtree(val / "c_stripe")
+        (val / "c_stripe").symlink_to(train / "c_stripe")
+    elif breakage == "val_unreadable":
+        for f in val.rglob("*.jpg"):
+            f.write_bytes(b"not an image")
+    elif breakage == "num_classes":  # 4 good class folders for a model of 3 classes
+        shutil.copytree(train / "a_round", train / "d_more")
+        shutil.copytree(val / "a_round", val / "d_more")
     else:
-        (folder / "val" / "c_stripe").rename(folder / "val" / "d_other")
-    result = run_cli(*tiny(folder, tmp_path / "run"))
+        raise ValueError(breakage)
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("empty_root", "train is missing"),
+    ("empty_class", "Found no valid file for the classes"),
+    ("class_mismatch", "train/ and val/ have different classes"),
+    ("class_symlink", "train/a_round and {root}/train/d_copy are the same folder"),
+    ("val_into_train", "val/c_stripe are the same folder ({root}/train/c_stripe): validation would score training"),
+    ("val_unreadable", "none of the 9 image files under {root}/val is readable"),
+    # model.name is no timm model: the folder check must come first, before any model is built
+    ("num_classes", "model.num_classes is 3 but {root}/train has 4 class folders"),
+])
+@pytest.mark.slow
+def test_broken_layouts_exit_2_with_one_line(folder, tmp_path, breakage, message):
+    break_folder(folder, breakage)
+    result = run_cli(*tiny(folder, tmp_path / "run", "model.name=no_such_timm_model"), timeout=120)
     assert result.returncode == 2, result.stderr
-    assert message in result.stderr
+    assert message.format(root=folder) in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("breakage", ["class_symlink", "val_into_train", "val_unreadable", "num_classes"])
+def test_folder_checks_run_before_anything_is_built(folder, breakage):
+    from pgt_train.config import DataConfig
+    from pgt_train.data import check_folders
+    check_folders(DataConfig(root=str(folder)), num_classes=3)  # the sound folder passes
+    break_folder(folder, breakage)
+    with pytest.raises(UserError, match="data.root|model.num_classes"):
+        check_folders(DataConfig(root=str(folder)), num_classes=3)
+
+
+def test_a_class_folder_inside_another_and_one_outside_root(folder, tmp_path):
+    from pgt_train.data.folder import check_folder
+    outside = tmp_path / "elsewhere" / "e_linked"
+    shutil.copytree(folder / "train" / "a_round", outside)  # a class kept outside data.root: allowed
+    (folder / "train" / "e_linked").symlink_to(outside)
+    shutil.copytree(folder / "val" / "a_round", folder / "val" / "e_linked")
+    check_folder(folder, 4)
+    shutil.copytree(folder / "train" / "b_square", folder / "train" / "c_stripe" / "sub")
+    (folder / "train" / "f_sub").symlink_to(folder / "train" / "c_stripe" / "sub")
+    shutil.copytree(folder / "val" / "a_round", folder / "val" / "f_sub")
+    with pytest.raises(UserError, match=r"train/f_sub resolves to .*/train/c_stripe/sub, inside .*/train/c_stripe: "
+                                        r"its images would be trained under two labels"):
+        check_folder(folder, 5)
+
+
+def test_an_epoch_with_no_val_image_is_refused(folder):
+    """The guard at the end of evaluate (a val folder that broke after the start check): exit 2, no result."""
+    from pgt_train import engine, models
+    from pgt_train.data.folder import SeededImageFolder, val_transform
+    from pgt_train.data.torch_loader import TorchLoader
+    for f in (folder / "val").rglob("*.jpg"):
+        f.write_bytes(b"not an image")
+    val = SeededImageFolder(folder / "val", val_transform(32, None), seed=0)
+    loader = TorchLoader(val, batch_size=4, train=False, rank=0, world_size=1, seed=0, workers=0,
+                         device=torch.device("cpu"), channels_last=False)
+    loader.set_epoch(0)
+    model = models.build_model("resnet10t", num_classes=3)
+    with pytest.raises(UserError, match="validation scored no image"):
+        engine.evaluate(model, loader, device=torch.device("cpu"))
+    assert loader.take_corrupt_count() == 9
+
+
+def test_sync_bn_on_the_cpu_is_refused_before_anything_is_built(folder, tmp_path, capsys):
+    from pgt_train import cli
+    assert cli.main(tiny(folder, tmp_path / "run", "model.sync_bn=true")) == 2
+    err = capsys.readouterr().err
+    assert "model.sync_bn=true needs CUDA GPUs" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_dali_names_a_train_file_it_cannot_decode(folder):
+    pytest.importorskip("nvidia.dali")
+    from pgt_train.config import DataConfig
+    from pgt_train.data import build_loaders
+    from pgt_train.dist import DistInfo
+    (folder / "train" / "b_square" / "zz_broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg" * 20)
+    data = DataConfig(root=str(folder), loader="dali", dali_device="cpu", batch_size=6, workers=1, img_size=32)
+    train, _ = build_loaders(data, num_classes=3, seed=0, dist=DistInfo(rank=0, world_size=1), channels_last=False)
+    train.set_epoch(0)
+    with pytest.raises(UserError, match=r"data.loader=dali: cannot decode .*/train/b_square/zz_broken.jpg"):
+        for _ in train:
+            pass
+
+
+@pytest.mark.slow
+def test_dali_corrupt_val_file_exits_2_naming_it(folder, tmp_path):
+    pytest.importorskip("nvidia.dali")
+    (folder / "val" / "c_stripe" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg" * 20)
+    result = run_cli(*tiny(folder, tmp_path / "run", "data.loader=dali", "data.dali_device=cpu"), timeout=180)
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]  # DALI's C++ logger may print its own line before ours
+    assert last.startswith("pgt-train: error: data.loader=dali: cannot decode ")
+    assert str(folder / "val" / "c_stripe" / "broken.jpg") in last and "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "best.pth").exists()
 
 
 def png_header(width, height):

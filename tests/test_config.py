@@ -1,4 +1,5 @@
 """Config loading: inheritance, overrides, strictness, and one-line errors."""
+import re
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,62 @@ def test_exponent_floats_read_as_numbers(tmp_path):
     cfg = config.load(write(tmp_path / "e.yaml", "data: {loader: synthetic}\nsched: {warmup_lr: 4e-4}\n"),
                       ["optim.weight_decay=5e-5"])
     assert cfg.sched.warmup_lr == 4e-4 and cfg.optim.weight_decay == 5e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# numeric ranges: one table (config.RANGES) for every int and float key
+
+
+def test_every_numeric_key_has_a_range_and_its_default_lies_inside():
+    fields = {key: value for key, _, value in config.numeric_fields(config.Config())}
+    optional_numbers = {"data.val_resize", "pgt.alpha"}  # null by default
+    assert set(fields) | optional_numbers == set(config.RANGES), "add the new numeric key to config.RANGES"
+    for key, value in fields.items():
+        assert config.in_range(value, config.RANGES[key]), (key, value, config.RANGES[key])
+
+
+def outside(text: str, integer: bool) -> list:
+    """Values just outside each end of an interval: the bound itself where it is open, one unit past where closed."""
+    lo, hi, lo_open, hi_open = config.interval(text)
+    step = 1 if integer else max(1e-6, 1e-6 * abs(hi))
+    return [lo if lo_open else lo - step, hi if hi_open else hi + step]
+
+
+@pytest.mark.parametrize("key", sorted(config.RANGES))
+def test_each_range_is_enforced_at_both_ends(key):
+    example = config.Config(pgt=config.PGTConfig(alpha=0.5), data=config.DataConfig(val_resize=256))
+    integer = isinstance(next(v for k, _, v in config.numeric_fields(example) if k == key), int)
+    for value in outside(config.RANGES[key], integer):
+        value = int(value) if integer else float(value)
+        text = f"[{value}, {value}]" if key in ("data.crop_scale", "data.crop_ratio") else (
+            f"[{value}]" if key == "sched.milestones" else str(value))
+        with pytest.raises(ConfigError) as err:
+            config.load(None, SYNTH + [f"{key}={text}"])
+        assert str(err.value).startswith(f"{key}") and f"must lie in {config.RANGES[key]}" in str(err.value), err.value
+
+
+@pytest.mark.parametrize("value, message", [
+    (-5, "data.val_resize: must lie in [8, 8192], got -5"),
+    (1, "data.val_resize: must lie in [8, 8192], got 1"),
+    (200, "data.val_resize: 200 is below data.img_size (224)"),
+])
+def test_val_resize_is_refused_before_training(value, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config.load(None, SYNTH + [f"data.val_resize={value}"])
+    assert config.load(None, SYNTH + ["data.val_resize=224"]).data.val_resize == 224  # the crop fits exactly
+
+
+def test_alpha_range_is_the_pgt_library_rule():
+    from pgt_train.pgt import check_alpha
+    for alpha in (1e-12, 0.5, 1.0, 0.0, -0.1, 1.0 + 1e-9):
+        try:
+            check_alpha(alpha)
+            library = True
+        except ValueError:
+            library = False
+        assert config.in_range(alpha, config.RANGES["pgt.alpha"]) == library, alpha
+
+
+def test_num_classes_upper_bound_refuses_before_any_build():
+    with pytest.raises(ConfigError, match=r"model.num_classes: must lie in \[2, 100000\], got 100000000"):
+        config.load(None, SYNTH + ["model.num_classes=100000000"])
