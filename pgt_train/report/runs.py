@@ -2,6 +2,7 @@
 defining setting but the seed form one group, one run per distinct seed."""
 from __future__ import annotations
 
+import csv
 import math
 import os
 import re
@@ -46,7 +47,10 @@ def load_run(path: Path) -> Run:
     if not summary_path.is_file():
         raise UserError(f"{path}: no summary.csv (has the run finished an epoch?)")
     tree = read_config(config_path)
-    rows = read_summary(summary_path)
+    try:
+        rows = read_summary(summary_path)
+    except (csv.Error, UnicodeDecodeError) as e:  # e.g. NUL bytes before Python 3.11, or not text at all
+        raise UserError(f"{summary_path}: not a summary.csv pgt-train writes ({e})") from None
     if not rows:
         raise UserError(f"{summary_path}: no epochs recorded yet")
     fieldnames = [c for c in rows[0] if c is not None]  # None: csv's key for cells beyond the header
