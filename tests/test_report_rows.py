@@ -121,15 +121,26 @@ def test_run_without_validation_images_is_no_result(tmp_path, capsys):
     assert "no readable validation image" in capsys.readouterr().err
 
 
+def test_summary_that_is_not_text_is_one_line(tmp_path, capsys):
+    run = write_epochs(write_config(tmp_path / "run"), (30.0, 40.0))
+    (run / "summary.csv").write_bytes(b"\xff\xfe\x00garbage")
+    assert main([str(run), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a summary.csv pgt-train writes" in err
+
+
 @pytest.mark.slow
 def test_run_continued_into_a_new_folder_reads_finished(tmp_path, capsys):
     # Was "1/2" for a finished run: the new folder holds epoch 2 only, one row, and rows were counted as epochs.
     tiny = tiny_run_args(None, "model.norm=none", epochs=2)
     first = finish(start_cli(*tiny, f"run.dir={tmp_path / 'a'}", "--run-epochs", "1"), timeout=120)
     assert first.returncode == 0, first.stderr
-    second = finish(start_cli(*tiny, f"run.dir={tmp_path / 'b'}", "--resume", tmp_path / "a" / "last.pth"),
-                    timeout=120)
-    assert second.returncode == 0, second.stderr
+    # b continues a's run in a new folder; c is a new run from a's weights (--init-from), two epochs of its own.
+    procs = [start_cli(*tiny, f"run.dir={tmp_path / 'b'}", "--resume", tmp_path / "a" / "last.pth"),
+             start_cli(*tiny, f"run.dir={tmp_path / 'c'}", "--init-from", tmp_path / "a" / "last.pth")]
+    for proc in procs:
+        done = finish(proc, timeout=120)
+        assert done.returncode == 0, done.stderr
     assert [r["epoch"] for r in read_summary(tmp_path / "b" / "summary.csv")] == ["2"]
     out = tmp_path / "r"
     assert main([str(tmp_path / "b"), "--out", str(out)]) == 0
@@ -138,7 +149,10 @@ def test_run_continued_into_a_new_folder_reads_finished(tmp_path, capsys):
     cells = report_line(out, "b").split(" | ")
     assert cells[10] == "2"  # the Epochs column: finished, not "1/2"
     assert "epochs 1-1 were trained in another folder" in (out / "report.md").read_text()
-    # Both folders together: one seed, the continued folder counts (it reached epoch 2), the first is its duplicate.
-    assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
-    (row,) = read_csv(out / "report.csv")
-    assert (row["runs"], row["duplicates"], row["epochs_trained"]) == (str(tmp_path / "b"), str(tmp_path / "a"), "2")
+    # All three: a and b are one seed of one run, and b counts (it reached epoch 2), a is its duplicate; c, from
+    # a's weights, is another run (model.init_from defines a run), finished on its own schedule.
+    assert main([str(tmp_path), "--out", str(out)]) == 0
+    rows = {r["group"]: r for r in read_csv(out / "report.csv")}
+    assert set(rows) == {"b", "c"}
+    assert (rows["b"]["duplicates"], rows["b"]["epochs_trained"]) == (str(tmp_path / "a"), "2")
+    assert (rows["c"]["duplicates"], rows["c"]["epochs_trained"], rows["c"]["epochs"]) == ("", "2", "2")
