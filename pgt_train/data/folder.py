@@ -87,17 +87,24 @@ def _scan_class(class_dir: str, other_classes: list[str], visited: set[str], war
     return sorted(files)
 
 
+def class_files(directory, classes, extensions, *, warn: bool = True):
+    """Yields (class, its image files sorted) class by class in sorted order, with the loop-safe scan; lazily, so
+    a caller that needs one file lists one class folder."""
+    real_dirs = {c: os.path.realpath(os.path.join(directory, c)) for c in classes}
+    visited = set(real_dirs.values())
+    for name in sorted(classes):
+        others = [d for c, d in real_dirs.items() if c != name]
+        yield name, [f for f in _scan_class(os.path.join(directory, name), others, visited, warn)
+                     if datasets.folder.has_file_allowed_extension(f, extensions)]
+
+
 def list_samples(directory, class_to_idx: dict, extensions, *, allow_empty: bool = False,
                  warn: bool = True) -> list[tuple[str, int]]:
     """(path, class index) of every image file, class by class in sorted order, with the loop-safe scan."""
-    real_dirs = {c: os.path.realpath(os.path.join(directory, c)) for c in class_to_idx}
-    visited, samples, empty = set(real_dirs.values()), [], []
-    for name in sorted(class_to_idx):
-        others = [d for c, d in real_dirs.items() if c != name]
-        found = [(f, class_to_idx[name]) for f in _scan_class(os.path.join(directory, name), others, visited, warn)
-                 if datasets.folder.has_file_allowed_extension(f, extensions)]
-        empty += [] if found else [name]
-        samples += found
+    samples, empty = [], []
+    for name, files in class_files(directory, class_to_idx, extensions, warn=warn):
+        empty += [] if files else [name]
+        samples += [(f, class_to_idx[name]) for f in files]
     if empty and not allow_empty:
         raise FileNotFoundError(f"Found no valid file for the classes {', '.join(empty)}. "
                                 f"Supported extensions are: {', '.join(extensions)}")
@@ -199,22 +206,42 @@ def check_layout(root: Path, num_classes: int) -> list[str]:
     return splits["train"]
 
 
+def _empty_classes(split_dir: Path, classes: list[str]) -> list[str]:
+    """The classes class_files would list no image file for. A look at each folder's own entries (what os.walk
+    lists as a file: anything not a folder) settles a sound folder; the full scan runs only if one holds none."""
+    def top_level_image(class_dir: Path) -> bool:
+        try:
+            with os.scandir(class_dir) as entries:
+                return any(not e.is_dir() and datasets.folder.has_file_allowed_extension(e.name, IMG_EXTENSIONS)
+                           for e in entries)
+        except OSError:  # unreadable folder: the full scan (os.walk) skips it too, and the class is empty
+            return False
+    suspects = [c for c in classes if not top_level_image(split_dir / c)]
+    if not suspects:
+        return []
+    listed = dict(class_files(split_dir, classes, IMG_EXTENSIONS, warn=False))
+    return [c for c in suspects if not listed[c]]
+
+
 def check_readable(split_dir: Path, classes: list[str]) -> None:
     """UserError unless the split holds at least one readable image. Files are tried in the loader's order and the
-    first readable one ends the check: one decode for a sound folder, a pass over the files for a broken one."""
-    try:
-        samples = list_samples(split_dir, {c: i for i, c in enumerate(classes)}, IMG_EXTENSIONS, warn=False)
-    except FileNotFoundError as e:  # a class folder without any image file
-        raise UserError(f"data.root: {e}") from None
-    first_error = None
-    for path, _ in samples:
-        try:
-            read_rgb(path)
-            return
-        except UnreadableImage as e:
-            first_error = first_error or f"{path}: {e}"
+    first readable one ends the check: one class folder listed and one decode for a sound folder, a pass over
+    every file for a broken one."""
+    empty = _empty_classes(split_dir, classes)
+    if empty:  # torchvision's words, as build_datasets says them
+        raise UserError(f"data.root: Found no valid file for the classes {', '.join(empty)} in {split_dir}. "
+                        f"Supported extensions are: {', '.join(IMG_EXTENSIONS)}")
+    first_error, count = None, 0
+    for _, files in class_files(split_dir, classes, IMG_EXTENSIONS, warn=False):
+        for path in files:
+            count += 1
+            try:
+                read_rgb(path)
+                return
+            except UnreadableImage as e:
+                first_error = first_error or f"{path}: {e}"
     use = "nothing to score" if split_dir.name == "val" else "nothing to train on"
-    raise UserError(f"data.root: none of the {len(samples)} image files under {split_dir} is readable (the first: "
+    raise UserError(f"data.root: none of the {count} image files under {split_dir} is readable (the first: "
                     f"{first_error}), so there is {use}; replace the files or point data.root at another folder")
 
 
