@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import yaml
 
-from pgt_train.pgt import IMPLS as PGT_IMPLS
+from pgt_train.pgt import AUTHORS_FP16 as PGT_AUTHORS_FP16, IMPLS as PGT_IMPLS
 from pgt_train.errors import UserError
 
 
@@ -67,6 +67,10 @@ class DataConfig:
     workers: int = 8  # loader worker processes per rank
     img_size: int = 224  # train crop and val crop side
     val_resize: Optional[int] = None  # val resize before the center crop; None: img_size * 256 / 224
+    # val resize filter: bilinear | bicubic | model (the authors' timm fork's default_cfg for model.name, its
+    # crop_pct too when val_resize is null: bicubic for resnet50/101 and seresnet18/50, bilinear for resnet18;
+    # see models.model_val_cfg). The authors validated through it (train.py:269-282, resnet.py:25-31)
+    val_interpolation: str = "bilinear"
     crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect range
     train_size: int = 12800  # synthetic only: images per epoch
@@ -99,6 +103,9 @@ class SchedConfig:
     # cosine only. true: the cosine starts when warmup ends and spans the epochs left; false: the cosine is
     # a function of the epoch counted from 0 and warmup overwrites its first warmup_epochs (timm's default)
     warmup_prefix: bool = True
+    # the authors' loop: epoch 0 at the schedule's value for epoch 0, every later epoch e at its value for e + 1
+    # (train.py:398 increments the epoch, :426 then steps the scheduler to epoch + 1); false: epoch e at e
+    epoch_shift: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,10 @@ class PGTConfig:
     # exact (Eq. 8) | authors (Eq. 8 on fp16-rounded p, as the authors' fp16 runs computed it) |
     # official (the paper's appendix hook itself; right only if loss scale == N^2). See pgt.IMPLS.
     impl: str = "exact"
+    # impl authors only: which of the hook's fp16 steps are reproduced. p: p as the fp16 gradient carried it |
+    # target: also the smoothed target built and added in fp16 (resnet.py:833-837) | hook: also the power, sum,
+    # division and p' - q rounded to fp16 (resnet.py:839-843). See pgt.AUTHORS_FP16.
+    authors_fp16: str = "p"
 
 
 @dataclass(frozen=True)
@@ -165,6 +176,8 @@ CHOICES = {
     "sched.name": ("step", "cosine"),
     "sched.update": ("step", "epoch"),
     "pgt.impl": PGT_IMPLS,  # one list, kept in pgt.py beside the implementations
+    "pgt.authors_fp16": PGT_AUTHORS_FP16,
+    "data.val_interpolation": ("bilinear", "bicubic", "model"),
     "clip.mode": ("none", "norm", "value", "agc"),
     "amp.dtype": ("fp16", "bf16", "none"),
     "run.device": ("auto", "cpu", "cuda"),
@@ -637,6 +650,8 @@ def _canonical(settings: dict) -> dict:
     out["data.loader"] = "synthetic" if out["data.loader"] == "synthetic" else "image folder"
     if out["pgt.alpha"] is None:
         out["pgt.impl"] = None
+    if out["pgt.impl"] != "authors":  # only `authors` reproduces fp16 steps
+        out["pgt.authors_fp16"] = None
     return out
 
 

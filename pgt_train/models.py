@@ -11,6 +11,30 @@ from pgt_train.config import ConfigError
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
+# Validation resize of the paper's models in the authors' timm 0.4.12 fork (timm/models/resnet.py): _cfg (:25-31)
+# gives crop_pct 0.875 and bilinear; resnet50 (:65-67), resnet101 (:74), seresnet18 (:150-152) and seresnet50
+# (:156-158) override it to bicubic; resnet18 (:46) and the non-BN resnet18_wobn (:47) keep bilinear. Their
+# train.py:124-125 resolves it from the model (--interpolation and --crop-pct unset, parser.py:34,40) and
+# validates through it (train.py:269-282). Today's timm changed these defaults (resnet18/50: bicubic, 0.95).
+AUTHORS_VAL_CFG = {"resnet18": ("bilinear", 0.875), "resnet50": ("bicubic", 0.875), "resnet101": ("bicubic", 0.875),
+                   "seresnet18": ("bicubic", 0.875), "seresnet50": ("bicubic", 0.875)}
+
+
+def model_val_cfg(name: str) -> tuple[str, float]:
+    """(interpolation, crop_pct) of `name`'s validation resize, for data.val_interpolation: model.
+
+    The paper's models: the authors' fork (AUTHORS_VAL_CFG). Any other timm model: the default pretrained_cfg
+    timm's registry holds for it (read without weights: nothing downloads), bicubic / 0.875 where it names
+    none, as the fork's resolve_data_config (timm/data/config.py:36,67) falls back.
+    """
+    if name in AUTHORS_VAL_CFG:
+        return AUTHORS_VAL_CFG[name]
+    cfg = timm.models.get_pretrained_cfg(name)
+    interpolation = getattr(cfg, "interpolation", None)
+    crop_pct = getattr(cfg, "crop_pct", None) or 0.875
+    return (interpolation if interpolation in ("bilinear", "bicubic") else "bicubic"), crop_pct
+
+
 def count_norm_layers(model: nn.Module) -> int:
     return sum(isinstance(m, NORM_TYPES) for m in model.modules())
 

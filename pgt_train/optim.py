@@ -21,18 +21,29 @@ def build_optimizer(model: nn.Module, *, lr: float, momentum: float, nesterov: b
     )
 
 
-class EpochHeldSchedule:
-    """A schedule built in epoch units, set once per epoch: step_update(global step) uses the epoch index.
+class ScheduleClock:
+    """Maps the engine's global optimizer step to the time of a schedule built in `unit` steps per epoch.
 
-    timm's t_in_epochs=True behaviour (the authors' train.py steps its scheduler once per epoch), behind the
-    per-iteration step_update(step) the engine calls; state_dict/load_state_dict pass through for checkpoints.
+    per_epoch (unit 1): timm's t_in_epochs=True behaviour, the LR set once per epoch (the authors' train.py
+    steps its scheduler once per epoch). epoch_shift: from epoch 1 on, the schedule is read one epoch ahead,
+    as the authors' loop did (train.py:398 increments the epoch, :426 steps the scheduler to epoch + 1), so
+    epoch 0 trains at the schedule's value for 0 and epoch e >= 1 at its value for e + 1.
+    state_dict/load_state_dict pass through for checkpoints (the schedule is a function of the step).
     """
 
-    def __init__(self, inner: Scheduler, steps_per_epoch: int):
+    def __init__(self, inner: Scheduler, steps_per_epoch: int, *, per_epoch: bool, epoch_shift: bool):
         self.inner, self.steps_per_epoch = inner, steps_per_epoch
+        self.per_epoch, self.epoch_shift = per_epoch, epoch_shift
+
+    def schedule_time(self, num_updates: int) -> int:
+        epoch = num_updates // self.steps_per_epoch
+        t = epoch if self.per_epoch else num_updates
+        if self.epoch_shift and epoch >= 1:
+            t += 1 if self.per_epoch else self.steps_per_epoch
+        return t
 
     def step_update(self, num_updates: int, metric=None) -> None:
-        self.inner.step_update(num_updates // self.steps_per_epoch, metric)
+        self.inner.step_update(self.schedule_time(num_updates), metric)
 
     def state_dict(self) -> dict:
         return self.inner.state_dict()
@@ -44,7 +55,7 @@ class EpochHeldSchedule:
 def build_scheduler(optimizer: torch.optim.Optimizer, *, name: str, epochs: int, warmup_epochs: int,
                     warmup_lr: float, milestones: tuple[int, ...], gamma: float, min_lr: float,
                     steps_per_epoch: int, update: str = "step", cooldown_epochs: int = 0,
-                    warmup_prefix: bool = True) -> Scheduler | EpochHeldSchedule:
+                    warmup_prefix: bool = True, epoch_shift: bool = False) -> Scheduler | ScheduleClock:
     """Call .step_update(global_step) before each optimizer step.
 
     Warmup is linear from warmup_lr over warmup_epochs. cosine decays from the peak to min_lr and holds
@@ -53,6 +64,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, *, name: str, epochs: int,
     and warmup overwrites its start (timm's default). step multiplies by gamma at each milestone epoch,
     milestones counted from the start of training, warmup included, as the paper's 30/60/90 (no cooldown).
     update="step" sets the LR every optimizer step; "epoch" holds each epoch at the schedule's value at its start.
+    epoch_shift: epochs >= 1 take the schedule's value one epoch later (the authors' loop, see ScheduleClock).
     """
     unit = steps_per_epoch if update == "step" else 1  # schedule time steps per epoch
     common = dict(warmup_t=warmup_epochs * unit, warmup_lr_init=warmup_lr, t_in_epochs=False)
@@ -66,11 +78,11 @@ def build_scheduler(optimizer: torch.optim.Optimizer, *, name: str, epochs: int,
                                      decay_rate=gamma, warmup_prefix=False, **common)
     else:
         raise ValueError(f"unknown schedule '{name}' (valid: step, cosine)")
-    if update == "step":
+    if update not in ("step", "epoch"):
+        raise ValueError(f"unknown sched.update '{update}' (valid: step, epoch)")
+    if update == "step" and not epoch_shift:
         return sched
-    if update == "epoch":
-        return EpochHeldSchedule(sched, steps_per_epoch)
-    raise ValueError(f"unknown sched.update '{update}' (valid: step, epoch)")
+    return ScheduleClock(sched, steps_per_epoch, per_epoch=update == "epoch", epoch_shift=epoch_shift)
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:

@@ -28,6 +28,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 IMPLS = ("exact", "authors", "official")  # pgt.impl values; config.CHOICES uses this tuple
+# pgt.authors_fp16: which fp16 steps of the authors' hook (their timm/models/resnet.py:831-844) `authors` follows,
+# each level adding to the one before: "p" p as the fp16 gradient carried it, q + fp16(p - q); "target" also
+# the smoothed target built in fp16 (0.9 -> 0.8999, 1e-4 -> 1.0002e-4, :833-835) and added to the recovered
+# gradient in fp16 (:837); "hook" also the power, the sum, the division, p' - q and the x N rounded to fp16
+# (:839-843), and the incoming gradient's double rounding fp16(fp16(N(p - q)) / N) at loss scale N² (:836).
+AUTHORS_FP16 = ("p", "target", "hook")
 
 
 def check_alpha(alpha):
@@ -99,6 +105,49 @@ def _authors_power_softmax(logits, alpha, q=None):  # alpha already checked
     return p_pow / p_pow.sum(-1, keepdim=True)
 
 
+def _round16(x):
+    """x rounded to float16's grid, returned in x's own dtype (the hook's fp16 storage of each result)."""
+    return x.half().to(x.dtype)
+
+
+def hook_target(target, num_classes, label_smoothing, dtype):
+    """q as the authors' hook built it in fp16 (resnet.py:833-835): fp16((1 - ε)·q) + ε/C, rounded again.
+
+    With ε = 0.1 and C = 1000 the target class gets 0.89990234 (fp16(0.9) + 1e-4 rounds back down) and
+    every other class 1.0001659e-4, where cross-entropy's own q is 0.9001 and 1e-4. Returned in `dtype`.
+    """
+    q = _round16(target_probs(target, num_classes, 0.0, dtype))  # one-hot (or soft labels) on fp16's grid
+    if label_smoothing:
+        q = _round16(_round16(q * (1.0 - label_smoothing)) + label_smoothing / num_classes)
+    return q
+
+
+def _authors_direction(logits, alpha, target, label_smoothing, q, level):
+    """p' - q_hook (N, C) in the working dtype: what the authors' hook returned, divided by the loss scale / N.
+
+    q is cross-entropy's target (what the incoming gradient s·(p - q)/N was computed against). level "p":
+    p' of q + fp16(p - q), the rest in fp32 against q. "target": the hook's fp16 target q16 (hook_target), the
+    recovered p = fp16(fp16(p - q) + q16), p' in fp32, returned against q16. "hook": every fp16 rounding of
+    resnet.py:836-843 at the settled scale s = N² (N = this batch), so g = fp16(fp16(N(p - q)) / N),
+    p16 = fp16(g + q16), p16^α, its sum, the division, p' - q16 and × N each rounded to fp16.
+    """
+    if level == "p":
+        return _authors_power_softmax(logits, alpha, q) - q
+    z = _upcast(logits)
+    n, c = z.shape
+    q16 = hook_target(target, c, label_smoothing, z.dtype)
+    g = torch.softmax(z, dim=-1) - q  # (N, C): the direction the incoming gradient carried, fp32
+    g16 = _round16(_round16(g * n) / n) if level == "hook" else _round16(g)
+    p16 = _round16(g16 + q16).clamp_min(0.0)  # >= 0 already (fp16 rounding is monotone); a guard for soft q
+    kept = p16 > 0  # 0 stays 0 explicitly, without relying on pow(0, α) = 0
+    p_pow = torch.where(kept, torch.where(kept, p16, torch.ones_like(p16)) ** alpha, torch.zeros_like(p16))
+    if level == "target":
+        return p_pow / p_pow.sum(-1, keepdim=True) - q16
+    p_pow = _round16(p_pow)
+    p_pow = _round16(p_pow / _round16(p_pow.sum(-1, keepdim=True)))
+    return _round16(_round16(p_pow - q16) * n) / n
+
+
 def target_probs(target, num_classes, label_smoothing=0.0, dtype=torch.float32):
     """q as an (N, C) distribution from class indices (N,) or probabilities (N, C).
 
@@ -118,13 +167,14 @@ def target_probs(target, num_classes, label_smoothing=0.0, dtype=torch.float32):
 
 
 class _PGTCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy forward, (p' - q) / N backward; p' from power_softmax, or from
-    authors_power_softmax when flatten == "authors" (a string, so torch.compile sees a constant)."""
+    """Mean cross-entropy forward, (p' - q) / N backward; p' from power_softmax, or the authors' hook
+    arithmetic (_authors_direction at level `fp16`) when flatten == "authors" (strings, so torch.compile
+    sees constants)."""
 
     @staticmethod
-    def forward(ctx, logits, target, alpha, label_smoothing, flatten="exact"):
+    def forward(ctx, logits, target, alpha, label_smoothing, flatten="exact", fp16="p"):
         ctx.save_for_backward(logits, target)  # keep the logits in their own dtype; upcast in backward
-        ctx.alpha, ctx.label_smoothing, ctx.flatten = alpha, label_smoothing, flatten
+        ctx.alpha, ctx.label_smoothing, ctx.flatten, ctx.fp16 = alpha, label_smoothing, flatten, fp16
         # float32 loss whatever the autocast dtype; identical to F.cross_entropy(logits.float(), ...)
         return F.cross_entropy(_upcast(logits), target, label_smoothing=label_smoothing)
 
@@ -135,12 +185,12 @@ class _PGTCrossEntropy(torch.autograd.Function):
         work = torch.promote_types(logits.dtype, torch.float32)  # fp32, or fp64 for fp64 logits
         q = target_probs(target, c, ctx.label_smoothing, work)  # (N, C), transient like the grad
         if ctx.flatten == "authors":
-            p_pow = _authors_power_softmax(logits, ctx.alpha, q)
+            direction = _authors_direction(logits, ctx.alpha, target, ctx.label_smoothing, q, ctx.fp16)
         else:
-            p_pow = _power_softmax(logits, ctx.alpha)
+            direction = _power_softmax(logits, ctx.alpha) - q
         # linear in grad_loss (loss scale, 1/accum_steps, DDP averaging all pass straight through)
-        grad = (p_pow - q) * (grad_loss / n)
-        return grad.to(logits.dtype), None, None, None, None
+        grad = direction * (grad_loss / n)
+        return grad.to(logits.dtype), None, None, None, None, None
 
 
 def _check_logits(logits, target):
@@ -164,7 +214,13 @@ def pgt_cross_entropy(logits, target, alpha, label_smoothing=0.0):
     return _PGTCrossEntropy.apply(logits, target, alpha, label_smoothing)
 
 
-def authors_pgt_cross_entropy(logits, target, alpha, label_smoothing=0.0):
+def _check_fp16(fp16):
+    if fp16 not in AUTHORS_FP16:
+        raise ValueError(f"unknown authors fp16 level {fp16!r}; valid: {', '.join(AUTHORS_FP16)}")
+    return fp16
+
+
+def authors_pgt_cross_entropy(logits, target, alpha, label_smoothing=0.0, fp16="p"):
     """pgt_cross_entropy with the authors' fp16 arithmetic: gradient (p' - q) / N where
     p' = p16^α / Σ_c p16^α and p16 = softmax(z) rounded to float16 (see authors_power_softmax).
 
@@ -172,33 +228,42 @@ def authors_pgt_cross_entropy(logits, target, alpha, label_smoothing=0.0):
     settled at scale N², reproduced for any dtype, batch, loss scale, accumulation or DDP: the
     gradient is linear in the upstream gradient like pgt_cross_entropy's. Forward: plain CE.
     p16 is what the hook could see: p - q rounded to fp16, plus q (hook_seen_probs), so p rounded
-    to fp16 for every class with q = 0, and the one-hot target's p_y on a 2^-11 grid. The fp16
-    rounding of the hook's later arithmetic (power, sum, division) is not reproduced: it is
-    relative noise of order 2^-11, where the rounding of p is a systematic loss of small p.
+    to fp16 for every class with q = 0, and the one-hot target's p_y on a 2^-11 grid.
+
+    fp16 (AUTHORS_FP16) picks how much more of the hook's fp16 arithmetic is followed. "p" (the
+    default) does the rest in fp32. That is NOT small noise against the gradient: each fp16 result
+    is off by up to 2^-12 relative to its own value, and p'_y - q_y cancels, so on confident logits
+    (p'_y near 1, gradient 1 - p'_y small) the rounding of p'_y near 1 (steps of 2^-11 ≈ 4.9e-4) is
+    of the order of the target's gradient itself: 0.2-0.3 % of the batch gradient at α 0.92 and 1
+    on 3·randn logits with margin 2-10, far more at margins +15 and +20 (docs/fidelity.md).
+    "target" adds the hook's fp16 smoothed target (0.8999 for 0.9001 at ε 0.1), "hook" every
+    rounding of the hook (see _authors_direction), which follows the hook at scale N² closest.
     At α = 1 the gradient is (p16 - q)/N: close to, not equal to, cross-entropy's (p - q)/N.
     """
     alpha, label_smoothing = check_alpha(alpha), _check_smoothing(label_smoothing)
     _check_logits(logits, target)
-    return _PGTCrossEntropy.apply(logits, target, alpha, label_smoothing, "authors")
+    return _PGTCrossEntropy.apply(logits, target, alpha, label_smoothing, "authors", _check_fp16(fp16))
 
 
 class PowerGradCrossEntropy(nn.Module):
     """nn.Module form of pgt_cross_entropy (impl "exact") or authors_pgt_cross_entropy (impl "authors"):
     forward(logits, target) -> scalar loss. Arguments are validated once, here, not on every step."""
 
-    def __init__(self, alpha, label_smoothing=0.0, impl="exact"):
+    def __init__(self, alpha, label_smoothing=0.0, impl="exact", authors_fp16="p"):
         super().__init__()
         if impl not in ("exact", "authors"):
             raise ValueError(f"PowerGradCrossEntropy impl must be exact or authors, got {impl!r} "
                              f"(official is a tensor hook: official_pgt_cross_entropy)")
         self.alpha, self.label_smoothing, self.impl = check_alpha(alpha), _check_smoothing(label_smoothing), impl
+        self.authors_fp16 = _check_fp16(authors_fp16)
 
     def forward(self, logits, target):
         _check_logits(logits, target)
-        return _PGTCrossEntropy.apply(logits, target, self.alpha, self.label_smoothing, self.impl)
+        return _PGTCrossEntropy.apply(logits, target, self.alpha, self.label_smoothing, self.impl, self.authors_fp16)
 
     def extra_repr(self):
-        return f"alpha={self.alpha}, label_smoothing={self.label_smoothing}, impl={self.impl}"
+        fp16 = f", authors_fp16={self.authors_fp16}" if self.impl == "authors" else ""
+        return f"alpha={self.alpha}, label_smoothing={self.label_smoothing}, impl={self.impl}{fp16}"
 
 
 class _PGTLogits(torch.autograd.Function):
@@ -322,19 +387,20 @@ def official_pgt_cross_entropy(logits, target, alpha, label_smoothing=0.0):
     return loss
 
 
-def build_pgt_loss(alpha, impl="exact", label_smoothing=0.0):
+def build_pgt_loss(alpha, impl="exact", label_smoothing=0.0, authors_fp16="p"):
     """The trainer's loss: (logits, target) -> scalar, arguments validated once. alpha=None: plain CE.
 
     impl: "exact" (Eq. 8, the default), "authors" (Eq. 8 on fp16-rounded p, as the authors' runs
-    computed it) or "official" (the appendix hook itself). Unknown names raise ValueError.
+    computed it; authors_fp16 says how many of the hook's fp16 steps) or "official" (the appendix
+    hook itself). Unknown names raise ValueError. The arguments are the pgt.* keys by name.
     exact at α = 1 IS cross-entropy (p^1 / Σ p = p), so it runs as F.cross_entropy: bit-identical
     to PGT off, where the autograd Function would differ in the last float bits.
     """
     if impl not in IMPLS:
         raise ValueError(f"unknown PGT impl {impl!r}; valid: {', '.join(IMPLS)}")
-    label_smoothing = _check_smoothing(label_smoothing)
+    label_smoothing, authors_fp16 = _check_smoothing(label_smoothing), _check_fp16(authors_fp16)
     if alpha is None or (impl == "exact" and check_alpha(alpha) == 1.0):
         return functools.partial(F.cross_entropy, label_smoothing=label_smoothing)
     if impl == "official":
         return functools.partial(official_pgt_cross_entropy, alpha=check_alpha(alpha), label_smoothing=label_smoothing)
-    return PowerGradCrossEntropy(alpha, label_smoothing, impl=impl)
+    return PowerGradCrossEntropy(alpha, label_smoothing, impl=impl, authors_fp16=authors_fp16)

@@ -54,7 +54,7 @@ def build_parts(cfg: Config, info: DistInfo, *, init_weights: Optional[dict] = N
         checkpoint.load_model_weights(model, init_weights, source=init_source, model_name=cfg.model.name)
     seed_all(cfg.seed + 1000 * info.rank)  # per-rank streams from here on
     train_loader, val_loader = data.build_loaders(cfg.data, num_classes=cfg.model.num_classes, seed=cfg.seed,
-                                                  dist=info, channels_last=channels_last)
+                                                  dist=info, channels_last=channels_last, model_name=cfg.model.name)
     model, plain_model = models.prepare(model, device=device, channels_last=channels_last, sync_bn=cfg.model.sync_bn,
                                         world_size=info.world_size, compile=cfg.run.compile)
     steps_per_epoch = len(train_loader) // cfg.data.accum_steps
@@ -69,7 +69,7 @@ def build_parts(cfg: Config, info: DistInfo, *, init_weights: Optional[dict] = N
     return Parts(model=model, plain_model=plain_model, train_loader=train_loader, val_loader=val_loader,
                  optimizer=optimizer, scheduler=scheduler,
                  scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
-                 loss_fn=pgt.build_pgt_loss(cfg.pgt.alpha, impl=cfg.pgt.impl, label_smoothing=cfg.loss.label_smoothing),
+                 loss_fn=pgt.build_pgt_loss(**dataclasses.asdict(cfg.pgt), label_smoothing=cfg.loss.label_smoothing),
                  opts=opts, clip_params=engine.clip_parameters(plain_model, cfg.clip.mode),
                  steps_per_epoch=steps_per_epoch)
 

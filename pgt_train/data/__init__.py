@@ -6,6 +6,8 @@ Validation targets of -1 mark padding that metrics must ignore (DALI pads its la
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 from pathlib import Path
 
 from pgt_train.config import DataConfig
@@ -56,8 +58,25 @@ def prepare_demo(cfg: DataConfig, dist: DistInfo) -> None:
     barrier()
 
 
-def build_loaders(cfg: DataConfig, *, num_classes: int, seed: int, dist: DistInfo, channels_last: bool):
-    """Returns (train_loader, val_loader) for data.loader: torchvision | nvjpeg | synthetic | dali."""
+def resolve_val_resize(cfg: DataConfig, model_name: str | None) -> DataConfig:
+    """cfg with data.val_interpolation: model replaced by the model's own filter (models.model_val_cfg) and, when
+    data.val_resize is null, its resize floor(img_size / crop_pct), as timm's eval transform (the authors' fork,
+    timm/data/transforms_factory.py:147); 256 for 224 at the paper models' crop_pct 0.875, as the default."""
+    if cfg.val_interpolation != "model":
+        return cfg
+    if model_name is None:
+        raise ValueError("data.val_interpolation: model needs the model's name (build_loaders(model_name=...))")
+    from pgt_train.models import model_val_cfg
+    interpolation, crop_pct = model_val_cfg(model_name)
+    resize = cfg.val_resize or max(cfg.img_size, math.floor(cfg.img_size / crop_pct))
+    return dataclasses.replace(cfg, val_interpolation=interpolation, val_resize=resize)
+
+
+def build_loaders(cfg: DataConfig, *, num_classes: int, seed: int, dist: DistInfo, channels_last: bool,
+                  model_name: str | None = None):
+    """Returns (train_loader, val_loader) for data.loader: torchvision | nvjpeg | synthetic | dali.
+    model_name resolves data.val_interpolation: model (resolve_val_resize)."""
+    cfg = resolve_val_resize(cfg, model_name)
     batch = per_rank_batch(cfg.batch_size, dist.world_size, cfg.accum_steps)
     if cfg.loader == "dali":
         from pgt_train.data.dali import build_dali_loaders
@@ -75,7 +94,8 @@ def build_loaders(cfg: DataConfig, *, num_classes: int, seed: int, dist: DistInf
             from pgt_train.data.gpu_decode import build_encoded_datasets as build_datasets  # noqa: F811
         train_set, val_set = build_datasets(cfg.root, num_classes=num_classes, img_size=cfg.img_size,
                                             val_resize=cfg.val_resize, crop_scale=cfg.crop_scale,
-                                            crop_ratio=cfg.crop_ratio, seed=seed)
+                                            crop_ratio=cfg.crop_ratio, seed=seed,
+                                            val_interpolation=cfg.val_interpolation)
     else:
         raise ValueError(f"unknown data.loader '{cfg.loader}' (valid: torchvision, nvjpeg, dali, synthetic)")
     check_train_size(len(train_set), cfg)

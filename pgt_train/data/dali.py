@@ -73,8 +73,9 @@ def build_pipeline(files, labels, *, train: bool, cfg: DataConfig, batch_size: i
             mirror, crop = fn.random.coin_flip(probability=0.5), None
         else:
             images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)
+            interp = types.INTERP_CUBIC if cfg.val_interpolation == "bicubic" else types.INTERP_LINEAR
             images = fn.resize(images, resize_shorter=cfg.val_resize or round(cfg.img_size * 256 / 224),
-                               antialias=True)
+                               interp_type=interp, antialias=True)
             mirror, crop = 0, (cfg.img_size, cfg.img_size)
         # HWC permuted to NCHW on the torch side is channels_last memory without a copy
         images = fn.crop_mirror_normalize(

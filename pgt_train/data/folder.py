@@ -30,9 +30,14 @@ def train_transform(img_size: int, crop_scale, crop_ratio) -> v2.Compose:
     ])
 
 
-def val_transform(img_size: int, val_resize: int | None) -> v2.Compose:
+INTERPOLATIONS = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC}
+
+
+def val_transform(img_size: int, val_resize: int | None, interpolation: str = "bilinear") -> v2.Compose:
+    """Resize the short side (PIL's filter `interpolation`, as timm's eval transform), center crop img_size."""
     resize = val_resize or round(img_size * 256 / 224)  # 256 -> 224 for ImageNet, scaled with img_size
-    return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(img_size), v2.PILToTensor()])
+    return v2.Compose([v2.Resize(resize, interpolation=INTERPOLATIONS[interpolation], antialias=True),
+                       v2.CenterCrop(img_size), v2.PILToTensor()])
 
 
 class UnreadableImage(Exception):
@@ -273,12 +278,12 @@ def check_folder(root: Path, num_classes: int) -> None:
 
 
 def build_datasets(root: str, *, num_classes: int, img_size: int, val_resize: int | None, crop_scale, crop_ratio,
-                   seed: int) -> tuple[SeededImageFolder, SeededImageFolder]:
+                   seed: int, val_interpolation: str = "bilinear") -> tuple[SeededImageFolder, SeededImageFolder]:
     root_path = Path(root).expanduser()
     check_layout(root_path, num_classes)
     try:
         train = SeededImageFolder(root_path / "train", train_transform(img_size, crop_scale, crop_ratio), seed)
-        val = SeededImageFolder(root_path / "val", val_transform(img_size, val_resize), seed)
+        val = SeededImageFolder(root_path / "val", val_transform(img_size, val_resize, val_interpolation), seed)
     except FileNotFoundError as e:  # torchvision: a class folder without any image file
         raise UserError(f"data.root: {e}") from None
     return train, val
