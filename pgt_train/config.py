@@ -280,13 +280,17 @@ class RecipeLoader(yaml.SafeLoader):
             self.depth -= 1
 
     def construct_mapping(self, node, deep=False):
-        first: dict = {}
+        first: dict = {}  # key -> where it was first given
         for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():
-            key = self.construct_object(key_node, deep=True) if key_node.tag != "tag:yaml.org,2002:merge" else None
-            if key is not None and isinstance(key, collections.abc.Hashable) and key in first:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, collections.abc.Hashable):
+                continue  # a list or mapping as a key: SafeLoader refuses it ("found unhashable key"), with its line
+            if key in first:
                 raise RefusedYAML(problem=f"duplicate key '{key}' (first given on line {first[key].line + 1})",
                                   problem_mark=key_node.start_mark)
-            first.setdefault(key, key_node.start_mark)
+            first[key] = key_node.start_mark
         return super().construct_mapping(node, deep=deep)
 
 

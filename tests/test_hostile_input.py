@@ -135,7 +135,10 @@ def test_size_limits(tmp_path):
     assert load_within(tmp_path / "d0.yaml").data.loader == "synthetic"
 
 
-def test_scalars_yaml_cannot_convert_and_bad_encodings(tmp_path):
+def test_scalars_yaml_cannot_convert_keys_it_cannot_hash_and_bad_encodings(tmp_path):
+    listkey = tmp_path / "listkey.yaml"
+    listkey.write_text("data: {loader: synthetic}\n? [1, 2]\n: 3\n")
+    refused(listkey, match="listkey.yaml:2: malformed YAML: found unhashable key")
     huge = tmp_path / "huge.yaml"
     huge.write_text("data: {loader: synthetic}\nseed: " + "9" * 5000 + "\n")  # over Python's int() digit limit
     refused(huge, match="huge.yaml: malformed YAML")
