@@ -84,3 +84,24 @@ def test_paper_reading_keeps_the_unshifted_schedule():
     unshifted = code_reading_lrs(RECIPES["cosine"], "sched.epoch_shift=false")
     assert per_epoch(unshifted)[:3] == pytest.approx([0.01, 0.028, 0.046])
     assert per_epoch(shifted)[1] != per_epoch(unshifted)[1]
+
+
+@pytest.mark.parametrize("recipe,interpolation", [
+    ("table1/resnet50_cosine.yaml", "bicubic"), ("table1/seresnet18_cosine.yaml", "bicubic"),
+    ("table1/resnet18_cosine.yaml", "bilinear"), ("table2/resnet18_nobn_b1024.yaml", "bilinear")])
+def test_code_reading_validates_through_the_models_own_resize(jpeg_folder, recipe, interpolation):
+    from torchvision.transforms import v2
+
+    from pgt_train.data import resolve_val_resize
+    from pgt_train.data.folder import build_datasets
+    cfg = config.load(REPO / "configs/paper" / recipe, [f"data.root={jpeg_folder}", "model.num_classes=3"], [CODE])
+    assert cfg.data.val_interpolation == "model"
+    data = resolve_val_resize(cfg.data, cfg.model.name)
+    assert (data.val_interpolation, data.val_resize) == (interpolation, 256)  # crop_pct 0.875 at 224
+    _, val = build_datasets(data.root, num_classes=3, img_size=data.img_size, val_resize=data.val_resize,
+                            crop_scale=data.crop_scale, crop_ratio=data.crop_ratio, seed=0,
+                            val_interpolation=data.val_interpolation)
+    resize = next(t for t in val.transform.transforms if isinstance(t, v2.Resize))
+    assert resize.interpolation == v2.InterpolationMode[interpolation.upper()] and resize.size == [256]
+    paper = config.load(REPO / "configs/paper" / recipe, [f"data.root={jpeg_folder}"], [config.reading_path("paper")])
+    assert resolve_val_resize(paper.data, paper.model.name).val_interpolation == "bilinear"

@@ -60,6 +60,8 @@ PAIRS = {
     "model.zero_init_last": ((), ("model.zero_init_last=false",)),
     # warmup is epoch 0 (3 steps): per step the LR rises within it, per epoch it stays at warmup_lr
     "sched.update": ((), ("sched.update=epoch",)),
+    # the hook's fp16 steps after recovering p (p^α, sum, division, p' - q) change the gradient's last bits
+    "pgt.authors_fp16": ((ALPHA, "pgt.impl=authors"), (ALPHA, "pgt.impl=authors", "pgt.authors_fp16=hook")),
 }
 
 
@@ -78,3 +80,31 @@ def test_alpha_one_with_exact_is_plain_cross_entropy_bit_for_bit(tmp_path_factor
     a = weights_after(tmp_path_factory)
     b = weights_after(tmp_path_factory, "pgt.alpha=1.0", "pgt.impl=exact")
     assert a.keys() == b.keys() and not differing(a, b)
+
+
+@pytest.mark.slow
+def test_epoch_shift_changes_the_second_epoch(tmp_path):
+    """sched.epoch_shift acts from epoch 1 on (the authors' loop): two epochs of a 3-epoch schedule."""
+    weights = []
+    for shift in ("false", "true"):
+        run_dir = tmp_path / shift
+        args = tiny_run_args(run_dir, "run.device=cpu", "diag.interval=0", f"sched.epoch_shift={shift}",
+                             "--run-epochs", "2", config=RECIPE, model="resnet10t", classes=10, img_size=32,
+                             train_size=24, val_size=8, epochs=3, lr=None, alpha=None)
+        assert cli.main(args) == 0
+        weights.append(final_weights(run_dir))
+    assert "fc.weight" in differing(*weights)
+
+
+@pytest.mark.slow
+def test_val_interpolation_reaches_the_val_loader(tmp_path, jpeg_folder):
+    """data.val_interpolation changes no weight, only what validation sees: the val loss of the same model."""
+    from pgt_train.writers import read_summary
+    losses = []
+    for interpolation in ("bilinear", "bicubic"):
+        run_dir = tmp_path / interpolation
+        args = tiny_run_args(run_dir, "run.device=cpu", "diag.interval=0", f"data.val_interpolation={interpolation}",
+                             root=jpeg_folder, model="resnet10t", classes=3, img_size=16, epochs=1, warmup=0)
+        assert cli.main(args) == 0
+        losses.append(float(read_summary(run_dir / "summary.csv")[-1]["val_loss"]))
+    assert losses[0] != losses[1]
