@@ -73,6 +73,10 @@ class DataConfig:
     val_interpolation: str = "bilinear"
     crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect range
+    # random_resized: RandomResizedCrop(img_size, crop_scale, crop_ratio) + flip (ImageNet) | pad_crop: a random
+    # img_size crop of the image zero-padded by img_size / 8 + flip (CIFAR, the authors' ext_dataloaders.py:674-679);
+    # pad_crop: data.loader torchvision only
+    train_crop: str = "random_resized"
     train_size: int = 12800  # synthetic only: images per epoch
     val_size: int = 1000  # synthetic only
     dali_device: Optional[str] = None  # gpu | cpu; None: gpu when CUDA is present
@@ -178,6 +182,7 @@ CHOICES = {
     "pgt.impl": PGT_IMPLS,  # one list, kept in pgt.py beside the implementations
     "pgt.authors_fp16": PGT_AUTHORS_FP16,
     "data.val_interpolation": ("bilinear", "bicubic", "model"),
+    "data.train_crop": ("random_resized", "pad_crop"),
     "clip.mode": ("none", "norm", "value", "agc"),
     "amp.dtype": ("fp16", "bf16", "none"),
     "run.device": ("auto", "cpu", "cuda"),
@@ -529,6 +534,9 @@ def _validate_data(cfg: Config) -> None:
         lo, hi = getattr(cfg.data, key)
         if lo > hi:
             _fail(f"data.{key}", f"must be [min, max] with min <= max, got {[lo, hi]}")
+    if cfg.data.train_crop == "pad_crop" and cfg.data.loader in ("nvjpeg", "dali"):
+        _fail("data.train_crop", f"pad_crop runs on the CPU transforms only: use data.loader: torchvision "
+                                 f"(got {cfg.data.loader})")
     if cfg.data.val_resize is not None and cfg.data.val_resize < cfg.data.img_size:
         _fail("data.val_resize", f"{cfg.data.val_resize} is below data.img_size ({cfg.data.img_size}): the val "
                                  f"center crop must fit inside the resized image")

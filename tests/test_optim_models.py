@@ -99,3 +99,15 @@ def test_step_update_moves_within_an_epoch_and_cooldown_holds_min_lr():
     assert lr[1] > lr[0]  # per-iteration warmup
     assert all(x == pytest.approx(1e-3) for x in lr[90 * STEPS:])  # cooldown: the last 10 epochs at min_lr
     assert lr[90 * STEPS - 1] > 1e-3  # the cosine spans epochs 5-90 and ends there
+
+
+def test_cifar_resnet20_is_he_et_al():
+    import torch
+    from pgt_train.data.folder import train_transform
+    from torchvision.transforms import v2
+    model = models.build_model("resnet20", num_classes=10)
+    assert sum(p.numel() for p in model.parameters()) == 269_722  # He et al. (2016): 0.27 M
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert models.count_norm_layers(models.build_model("resnet20", num_classes=10, norm="none")) == 0
+    crop = train_transform(32, (0.08, 1.0), (0.75, 4 / 3), "pad_crop").transforms[0]
+    assert isinstance(crop, v2.RandomCrop) and crop.padding == [4, 4, 4, 4]

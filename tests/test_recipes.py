@@ -174,3 +174,19 @@ def test_cli_reading_overlays_the_recipe_and_overrides_still_win(capsys):
     assert cli.main(["--config", recipe, "--reading", "words", "--print-config"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--reading: 'words' is not one of: paper, code" in err
+
+
+def test_figure_recipes():
+    # Fig. 4(c): PGT in 60 epochs against Table 1 row 3's 100-epoch baseline; Fig. 13: ResNet-20, CIFAR-10, 360
+    (pgt, baseline) = INDEX["figures"]["fig4c"]
+    fast, base = config.load(ROOT / pgt["recipe"]), config.load(ROOT / baseline["recipe"])
+    assert baseline["recipe"] == INDEX["table1"][2]["recipe"]  # the same run as Table 1 row 3
+    assert (fast.model.name, fast.sched.name, fast.sched.epochs, fast.pgt.alpha) == ("resnet50", "cosine", 60, 0.3)
+    assert base.sched.epochs == 100 and base.pgt.alpha is None
+    assert config.diff_defining(fast, base, ignore=("pgt.alpha", "pgt.impl", "sched.epochs")) == []
+    spec = INDEX["grids"]["cifar10_resnet20"]
+    assert 1.0 in spec["alphas"] and spec["alphas"] == sorted(set(spec["alphas"]))
+    cifar = config.load(ROOT / spec["recipe"])
+    assert (cifar.model.name, cifar.model.num_classes, cifar.sched.epochs) == ("resnet20", 10, 360)
+    assert (cifar.data.img_size, cifar.data.val_resize, cifar.data.train_crop) == (32, 32, "pad_crop")
+    assert cifar.pgt.alpha is None and cifar.run.dir.startswith("runs/paper/")

@@ -137,3 +137,24 @@ def test_proxy_study_dry_run_lists_every_recipe_and_seed(tmp_path):
             assert f"{recipe} seed {seed}: run" in result.stdout
             assert f"run.dir={tmp_path / 'runs' / recipe / f'seed{seed}'}" in result.stdout
     assert "pgt_train.report" in result.stdout
+
+
+def test_figure_hook_baselines_and_step_epochs(tmp_path):
+    r = reproduce("--figure", "4c", "--dry-run", "--runs-root", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    (s1, pgt), (s2, base) = plan(r.stdout)
+    assert pgt[4] == INDEX["figures"]["fig4c"][0]["recipe"] and base[4] == INDEX["table1"][2]["recipe"]
+    assert f"run.dir={tmp_path}/paper/nopgt/table1/resnet50_cosine" in base  # Table 1 row 3's own run folder
+    r = reproduce("--table", "1", "--reading", "code", "--hook-baselines", "--step-epochs", "90", "--dry-run",
+                  "--runs-root", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    rows = dict(zip([e["recipe"] for e in INDEX["table1"]], [cmd for _, cmd in plan(r.stdout)]))
+    step_base = rows["configs/paper/table1/resnet50_step.yaml"]
+    assert "pgt.alpha=1.0" in step_base and "sched.epochs=90" in step_base
+    assert f"run.dir={tmp_path}/code/authors/table1/resnet50_step-90ep" in step_base
+    cosine_pgt = rows["configs/paper/table1/resnet50_cosine_pgt0.05.yaml"]
+    assert not any(a.startswith(("pgt.alpha=", "sched.epochs=")) for a in cosine_pgt)
+    r = reproduce("--table", "1", "--hook-baselines", "--dry-run")  # paper reading: exact at alpha 1 is CE
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--impl authors or official" in r.stderr
+    r = reproduce("--figure", "9", "--dry-run")
+    assert r.returncode == 2 and "no figure '9'" in r.stderr

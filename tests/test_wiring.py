@@ -108,3 +108,16 @@ def test_val_interpolation_reaches_the_val_loader(tmp_path, jpeg_folder):
         assert cli.main(args) == 0
         losses.append(float(read_summary(run_dir / "summary.csv")[-1]["val_loss"]))
     assert losses[0] != losses[1]
+
+
+@pytest.mark.slow
+def test_train_crop_reaches_the_train_loader(tmp_path, jpeg_folder):
+    """data.train_crop: CIFAR's padded random crop trains on other pixels than RandomResizedCrop."""
+    weights = []
+    for crop in ("random_resized", "pad_crop"):
+        run_dir = tmp_path / crop
+        args = tiny_run_args(run_dir, "run.device=cpu", "diag.interval=0", f"data.train_crop={crop}",
+                             root=jpeg_folder, model="resnet10t", classes=3, img_size=16, epochs=1, warmup=0)
+        assert cli.main(args) == 0
+        weights.append(final_weights(run_dir))
+    assert "fc.weight" in differing(*weights)

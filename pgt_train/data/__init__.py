@@ -95,7 +95,7 @@ def build_loaders(cfg: DataConfig, *, num_classes: int, seed: int, dist: DistInf
         train_set, val_set = build_datasets(cfg.root, num_classes=num_classes, img_size=cfg.img_size,
                                             val_resize=cfg.val_resize, crop_scale=cfg.crop_scale,
                                             crop_ratio=cfg.crop_ratio, seed=seed,
-                                            val_interpolation=cfg.val_interpolation)
+                                            val_interpolation=cfg.val_interpolation, train_crop=cfg.train_crop)
     else:
         raise ValueError(f"unknown data.loader '{cfg.loader}' (valid: torchvision, nvjpeg, dali, synthetic)")
     check_train_size(len(train_set), cfg)

@@ -22,12 +22,16 @@ from torchvision.transforms import v2
 from pgt_train.data.torch_loader import REPLACEMENT_TRIES, CorruptSample, sample_rng, sample_seed
 from pgt_train.errors import UserError
 
-def train_transform(img_size: int, crop_scale, crop_ratio) -> v2.Compose:
-    return v2.Compose([
-        v2.RandomResizedCrop(img_size, scale=crop_scale, ratio=crop_ratio, antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.PILToTensor(),  # uint8 CHW; normalised on the device
-    ])
+def train_transform(img_size: int, crop_scale, crop_ratio, train_crop: str = "random_resized") -> v2.Compose:
+    """random_resized: ImageNet's RandomResizedCrop; pad_crop: CIFAR's random crop of the image zero-padded by
+    img_size / 8 (4 px at 32, the authors' ext_dataloaders.py:676), both with a horizontal flip."""
+    if train_crop == "pad_crop":
+        crop = v2.RandomCrop(img_size, padding=img_size // 8)
+    elif train_crop == "random_resized":
+        crop = v2.RandomResizedCrop(img_size, scale=crop_scale, ratio=crop_ratio, antialias=True)
+    else:
+        raise ValueError(f"unknown data.train_crop '{train_crop}' (valid: random_resized, pad_crop)")
+    return v2.Compose([crop, v2.RandomHorizontalFlip(), v2.PILToTensor()])  # uint8 CHW; normalised on the device
 
 
 INTERPOLATIONS = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC}
@@ -278,11 +282,12 @@ def check_folder(root: Path, num_classes: int) -> None:
 
 
 def build_datasets(root: str, *, num_classes: int, img_size: int, val_resize: int | None, crop_scale, crop_ratio,
-                   seed: int, val_interpolation: str = "bilinear") -> tuple[SeededImageFolder, SeededImageFolder]:
+                   seed: int, val_interpolation: str = "bilinear",
+                   train_crop: str = "random_resized") -> tuple[SeededImageFolder, SeededImageFolder]:
     root_path = Path(root).expanduser()
     check_layout(root_path, num_classes)
     try:
-        train = SeededImageFolder(root_path / "train", train_transform(img_size, crop_scale, crop_ratio), seed)
+        train = SeededImageFolder(root_path / "train", train_transform(img_size, crop_scale, crop_ratio, train_crop), seed)
         val = SeededImageFolder(root_path / "val", val_transform(img_size, val_resize, val_interpolation), seed)
     except FileNotFoundError as e:  # torchvision: a class folder without any image file
         raise UserError(f"data.root: {e}") from None
