@@ -154,7 +154,7 @@ def train(args: argparse.Namespace) -> int:
         return 0
     init = (load_init_weights(cfg.model.init_from)
             if cfg.model.init_from and resume_state is None else None)  # a resume brings its own weights
-    info = dist.init(cfg.run.device)
+    info = dist.init(cfg.run.device, timeout_s=cfg.run.dist_timeout_s)
     log = print if info.is_main else (lambda *a, **k: None)
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -210,9 +210,11 @@ def main(argv=None) -> int:
             return export_main(argv[1:])
         return train(parse_args(argv))
     except UserError as e:
+        dist.Heartbeat.stop(exit_code=EXIT_BAD_INPUT)  # this rank says why itself: peers must not blame it
         print(f"pgt-train: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except engine.NonFiniteLoss as e:
+        dist.Heartbeat.stop(exit_code=EXIT_NONFINITE)
         print(f"pgt-train: stopped: {e}; the last good checkpoint is kept", file=sys.stderr)
         return EXIT_NONFINITE
     except KeyboardInterrupt:
@@ -222,6 +224,12 @@ def main(argv=None) -> int:
     except Exception as e:  # a bug or an environment failure (disk full, lost rank): one line, not a hang
         if os.environ.get("PGT_TRAIN_TRACEBACK"):
             raise
+        lost = dist.lost_rank_line(e)  # a collective failed because another rank went silent: name it, once
+        if lost is not None:
+            if lost:
+                print(f"pgt-train: failed: {lost}", file=sys.stderr)
+            return EXIT_INTERNAL
+        dist.Heartbeat.stop(exit_code=EXIT_INTERNAL)
         first = (str(e).strip().splitlines() or [""])[0][:300]
         print(f"pgt-train: failed: {type(e).__name__}: {first} (set PGT_TRAIN_TRACEBACK=1 for the traceback)",
               file=sys.stderr)

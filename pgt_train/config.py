@@ -149,6 +149,9 @@ class RunConfig:
     progress: bool = True  # rank 0 progress bar
     max_nonfinite_steps: int = 100  # consecutive non-finite losses before the run stops
     checkpoint_every: int = 0  # steps between mid-epoch last.pth writes; 0: end of epoch only
+    # DDP: the longest a collective may wait for another rank (a frozen or lost one) before the job ends with
+    # exit 1 and a line naming it; also the longest rank 0 may take alone (a checkpoint save) while others wait
+    dist_timeout_s: int = 600
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,7 @@ RANGES = {
     "run.log_interval": "[1, 2^31]",
     "run.max_nonfinite_steps": "[1, 2^31]",
     "run.checkpoint_every": "[0, 2^31]",
+    "run.dist_timeout_s": "[1, 86400]",
     "diag.interval": "[0, 2^31]",
     "diag.zero_threshold": "[0, 1e6]",
 }

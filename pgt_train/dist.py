@@ -2,11 +2,22 @@
 
 A single process needs no torchrun: without WORLD_SIZE in the environment this is a world of one and
 every helper degrades to a no-op, so the trainer has one code path for one and many processes.
+
+A lost or frozen rank: every collective waits at most `timeout_s` (run.dist_timeout_s), then raises. To say
+WHICH rank went silent, each rank's Heartbeat thread counts up a key in torchrun's store (its own TCP client)
+every beat; when a collective fails, lost_rank_line() reads the counts twice, a few beats apart, and names
+the ranks whose count stood still (a SIGSTOPped or hung process, a dead host). Rank whose own exit code
+and line explain the failure mark themselves as exited first and are not blamed.
 """
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import time
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Optional
 
 import torch
 import torch.distributed as tdist
@@ -35,8 +46,9 @@ def pick_device(requested: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def init(requested_device: str = "auto") -> DistInfo:
-    """Reads torchrun's RANK/WORLD_SIZE/LOCAL_RANK; NCCL on GPUs, gloo on CPUs."""
+def init(requested_device: str = "auto", timeout_s: float = 600.0) -> DistInfo:
+    """Reads torchrun's RANK/WORLD_SIZE/LOCAL_RANK; NCCL on GPUs, gloo on CPUs; a collective that waits longer
+    than timeout_s raises (NCCL: its watchdog aborts the process), and the heartbeat starts."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -45,11 +57,14 @@ def init(requested_device: str = "auto") -> DistInfo:
         torch.cuda.set_device(device)
     if world_size > 1 and not tdist.is_initialized():
         tdist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                 timeout=timedelta(seconds=timeout_s),
                                  device_id=device if device.type == "cuda" else None)
+        Heartbeat.start(rank=rank, world_size=world_size, timeout_s=timeout_s)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
 def shutdown() -> None:
+    Heartbeat.stop(exit_code=0)
     if tdist.is_initialized():
         tdist.destroy_process_group()
 
@@ -76,3 +91,79 @@ def broadcast_flag(flag: bool, device: torch.device) -> bool:
 def barrier() -> None:
     if tdist.is_initialized():
         tdist.barrier()
+
+
+class Heartbeat:
+    """One daemon thread per rank: `beat/<rank>` += 1 every `interval` s in torchrun's store (MASTER_ADDR:PORT,
+    hosted by the agent of the first node). A frozen process beats no more; an exited one leaves `exit/<rank>`."""
+    current: Optional["Heartbeat"] = None
+
+    def __init__(self, store, rank: int, world_size: int, interval: float, timeout_s: float):
+        self.store, self.rank, self.world_size = store, rank, world_size
+        self.interval, self.timeout_s = interval, timeout_s
+        self.done = threading.Event()
+        store.set(f"who/{rank}", f"host {socket.gethostname()}, pid {os.getpid()}")
+        threading.Thread(target=self._beat, name="pgt-heartbeat", daemon=True).start()
+
+    @classmethod
+    def start(cls, *, rank: int, world_size: int, timeout_s: float) -> None:
+        addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+        if not addr or not port:  # not started by torchrun: no store to beat into
+            return
+        interval = min(5.0, max(0.5, timeout_s / 10))
+        store = tdist.TCPStore(addr, int(port), is_master=False, timeout=timedelta(seconds=max(5.0, 2 * interval)),
+                               wait_for_workers=False)
+        cls.current = cls(tdist.PrefixStore(f"pgt-heartbeat/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/"
+                                            f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store),
+                          rank, world_size, interval, timeout_s)
+
+    @classmethod
+    def stop(cls, exit_code: int) -> None:
+        """This rank ends on its own (done, or with its own line): peers must not call it silent."""
+        beat, cls.current = cls.current, None
+        if beat is not None:
+            beat.done.set()
+            try:
+                beat.store.set(f"exit/{beat.rank}", str(exit_code))
+            except Exception:  # the store's host is gone: nobody is left to ask
+                pass
+
+    def _beat(self) -> None:
+        while not self.done.wait(self.interval):
+            try:
+                self.store.add(f"beat/{self.rank}", 1)
+            except Exception:  # store gone: the main thread's next collective fails and says so
+                return
+
+    def silent_ranks(self) -> list[int]:
+        """Ranks whose count did not move over three beats and that did not record an exit."""
+        others = [r for r in range(self.world_size) if r != self.rank]
+        before = {r: self.store.add(f"beat/{r}", 0) for r in others}
+        time.sleep(3 * self.interval)
+        return [r for r in others if self.store.add(f"beat/{r}", 0) == before[r]
+                and not self.store.check([f"exit/{r}"])]
+
+
+def lost_rank_line(error: BaseException) -> Optional[str]:
+    """After a failed collective: one line naming the silent rank(s), "" if another rank is silent but a lower
+    surviving rank says so (one line per job), None if every rank is alive (the error is this rank's own)."""
+    beat = Heartbeat.current
+    if beat is None:
+        return None
+    Heartbeat.current = None  # this rank ends now; it says nothing more through the store
+    beat.done.set()
+    try:
+        silent = beat.silent_ranks()
+        who = {r: beat.store.get(f"who/{r}").decode() for r in silent}
+    except Exception:  # the store went with the first node's agent
+        addr = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+        return (f"rank {beat.rank}: the rendezvous store at {addr} is gone: the first node (its torchrun "
+                f"agent) was lost ({type(error).__name__})")
+    if not silent:
+        return None
+    if min(r for r in range(beat.world_size) if r not in silent) != beat.rank:
+        return ""
+    names = "; ".join(f"rank {r} ({who[r]})" for r in silent)
+    return (f"{names} of {beat.world_size} went silent (no heartbeat for {3 * beat.interval:.1f} s: frozen, "
+            f"killed or its host lost); rank {beat.rank} stopped after waiting on it (run.dist_timeout_s="
+            f"{beat.timeout_s:g})")
