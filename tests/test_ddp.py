@@ -11,11 +11,19 @@ ReLU here and there). Real bugs are ~1000x larger: doubling the LR (gradients su
 or stepping on half the batch (no all-reduce, wrong per-rank batch) move weights by ~0.1, i.e. by
 more than the whole update.
 """
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
+from pgt_train import launch
 from pgt_train.writers import read_summary
-from tests.helpers import finish, run_torchrun, start_torchrun, tiny_run_args
+from tests.helpers import REPO, finish, python_env, start_torchrun, tiny_run_args
 
 GLOBAL_BATCH, TRAIN_SIZE, VAL_SIZE = 32, 100, 101  # 100: a partial last batch to drop; 101: odd over 2 ranks
 MAX_ABS_DIFF = 2e-4  # measured <= 3e-5; bugs >= 1e-1
@@ -105,30 +113,82 @@ def test_batch_that_does_not_split_exits_2_with_one_line(tmp_path, capsys):
     assert not (tmp_path / "bad" / "last.pth").exists()
 
 
+def start_pgt_torchrun(nproc: int, args, *launcher_args) -> subprocess.Popen:
+    """The installed pgt-torchrun console script (as a user runs it), --standalone, one thread per rank."""
+    exe = Path(sys.executable).with_name("pgt-torchrun")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "pgt_train.launch"]
+    return subprocess.Popen([*cmd, "--standalone", f"--nproc_per_node={nproc}", *launcher_args, "-m", "pgt_train",
+                             *map(str, args)], cwd=REPO, env=python_env(1), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while not path.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), f"{path} never appeared (exit {proc.poll()})"
+
+
 @pytest.mark.slow
-def test_sigterm_to_torchrun_stops_all_ranks_at_one_step_and_resumes_exactly(tmp_path):
-    """torchrun forwards SIGTERM to its workers; they agree on a step (every run.log_interval steps), rank 0
-    writes last.pth, and `--resume auto` under torchrun ends with the weights of an uninterrupted run."""
-    import signal
-    import time
+def test_sigterm_to_pgt_torchrun_stops_all_ranks_at_one_step_exits_75_and_resumes_exactly(tmp_path):
+    """SIGTERM to the launcher itself (srun, docker stop): pgt-torchrun forwards it, the ranks agree on a step
+    (every run.log_interval steps), rank 0 writes last.pth, and the launcher exits 75 with no traceback (plain
+    torchrun: a traceback and exit 1). `--resume auto` then ends with the weights of an uninterrupted run."""
     sync_every = 10
     # 480 images / 32 = 15 steps an epoch: the first agreement point (step 10) lies inside epoch 1
     extra = ("data.train_size=480", "run.checkpoint_every=1", f"run.log_interval={sync_every}")
     straight = start_torchrun(2, train_args(tmp_path / "straight", *extra))
     run_dir = tmp_path / "preempted"
-    proc = start_torchrun(2, train_args(run_dir, *extra))
-    deadline = time.time() + 120
-    while not (run_dir / "last.pth").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    proc = start_pgt_torchrun(2, train_args(run_dir, *extra))
+    wait_for(run_dir / "last.pth", proc)
     proc.send_signal(signal.SIGTERM)
     stopped = finish(proc)
-    assert "SIGTERM: saved" in stopped.stdout, stopped.stdout + stopped.stderr
+    assert stopped.returncode == 75, stopped.stdout + stopped.stderr
+    assert "Traceback" not in stopped.stderr and "SIGTERM: saved" in stopped.stdout, stopped.stdout + stopped.stderr
     state = torch.load(run_dir / "last.pth", weights_only=True)
     assert state["step"] % sync_every == 0 or state["batches_done"] == 0, "ranks stop only at an agreement point"
     assert state["step"] < 30 and len(state["rng"]) == 2, "stopped early, with both ranks' RNG states"
-    resumed = run_torchrun(2, train_args(run_dir, *extra, "--resume", "auto"))
+    resumed = finish(start_pgt_torchrun(2, train_args(run_dir, *extra, "--resume", "auto")))
     assert resumed.returncode == 0, resumed.stderr
     assert finish(straight).returncode == 0
     a, b = weights(tmp_path / "straight"), weights(run_dir)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["epoch"] for r in summary(run_dir)] == ["1", "2"]
+
+
+def rank_pids(launcher: subprocess.Popen) -> dict[int, int]:
+    """{RANK: pid} of the launcher's ranks, read from each process's environment."""
+    pids = {}
+    for pid in launch.worker_groups(launcher.pid):
+        env = dict(kv.split("=", 1) for kv in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in kv)
+        pids[int(env["RANK"])] = pid
+    return pids
+
+
+@pytest.mark.slow
+def test_a_frozen_rank_ends_the_job_within_the_timeout_with_one_line_naming_it(tmp_path):
+    """SIGSTOP rank 1 mid-epoch: rank 0's next all-reduce waits run.dist_timeout_s, then the heartbeat says which
+    rank went silent; one line, exit 1, and the job (the stopped rank too) is gone within the timeout + a few s.
+    Before: rank 0 waited 30 min (gloo's default) without a word."""
+    timeout_s = 5
+    run_dir = tmp_path / "frozen"
+    proc = start_pgt_torchrun(2, train_args(run_dir, "data.train_size=480", "run.checkpoint_every=1",
+                                            f"run.dist_timeout_s={timeout_s}", "sched.epochs=3"))
+    stopped_pid = None
+    try:
+        wait_for(run_dir / "last.pth", proc)
+        stopped_pid = rank_pids(proc)[1]
+        os.kill(stopped_pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        result = finish(proc, timeout=timeout_s + 60)
+        took = time.monotonic() - t0
+    finally:
+        if stopped_pid is not None and Path(f"/proc/{stopped_pid}").exists():  # ours: end it whatever happened
+            os.kill(stopped_pid, signal.SIGKILL)
+            os.kill(stopped_pid, signal.SIGCONT)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert len(lines) == 1 and lines[0].startswith("pgt-train: failed: rank 1 (host "), result.stderr
+    assert f"pid {stopped_pid}) of 2 went silent" in lines[0] and f"run.dist_timeout_s={timeout_s}" in lines[0]
+    assert took < timeout_s + 15, f"the job took {took:.1f} s to end after the freeze"
+    assert not Path(f"/proc/{stopped_pid}").exists() or "zombie" in Path(f"/proc/{stopped_pid}/status").read_text()
