@@ -9,7 +9,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from pgt_train import config
 from pgt_train.errors import UserError
@@ -29,13 +28,8 @@ def number(text: str | None, *, where: str) -> float:
 
 
 def read_config(path: Path) -> dict:
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError:
-        raise UserError(f"{path}: malformed YAML") from None
-    if not isinstance(tree, dict):
-        raise UserError(f"{path}: not a mapping of config keys")
-    return tree
+    """A run's config.yaml through the recipe loader: a tampered one (aliases, deep nesting, a FIFO) is one line."""
+    return config.read_yaml(path)  # ConfigError is a UserError
 
 
 def load_run(path: Path) -> Run:
