@@ -51,5 +51,5 @@ def test_slurm_script_is_valid_bash_and_requeues_with_resume():
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     text = script.read_text()
     for needle in ("#SBATCH --requeue", "#SBATCH --signal=B:USR1@", "--rdzv-backend=c10d", "--resume auto",
-                   "scontrol requeue", "kill -TERM", "-eq 75"):
+                   "scontrol requeue", "scancel --signal=TERM", "-eq 75"):
         assert needle in text, needle

@@ -1,0 +1,134 @@
+"""A real one-node SLURM cluster on localhost (tests/cluster/slurm.sh): scripts/slurm/train.sbatch preempted by its
+time-limit warning and by `scontrol requeue`, and scripts/reproduce.py --launcher slurm submitting a table as one
+job array. The daemons run for this module only, under their own state folder; skipped only where the Debian
+packages cannot be installed."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import REPO, finish, python_env, start_torchrun, tiny_run_args
+
+pytestmark = pytest.mark.slow
+SLURM_SH = REPO / "tests" / "cluster" / "slurm.sh"
+SBATCH = REPO / "scripts" / "slurm" / "train.sbatch"
+NOT_INSTALLABLE = 3  # slurm.sh's exit code when apt-get cannot install the packages
+
+
+@dataclass
+class Cluster:
+    state: Path
+    env: dict  # SLURM_CONF and this venv first on PATH (sbatch exports the caller's environment)
+
+    def run(self, *argv, check=True, timeout=60) -> subprocess.CompletedProcess:
+        r = subprocess.run(list(map(str, argv)), env=self.env, cwd=REPO, capture_output=True, text=True,
+                           timeout=timeout)
+        assert not check or r.returncode == 0, f"{argv}: {r.stderr}"
+        return r
+
+    def job(self, job_id: str) -> dict:
+        """scontrol show job's fields (JobState, Restarts, ...); {} once SLURM forgot the job."""
+        r = self.run("scontrol", "-o", "show", "job", job_id, check=False)
+        return dict(f.split("=", 1) for f in r.stdout.split() if "=" in f) if r.returncode == 0 else {}
+
+    def wait_for(self, what: str, predicate, timeout: float, poll: float = 1.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(poll)
+        raise AssertionError(f"not within {timeout} s: {what}\n{self.run('squeue', check=False).stdout}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    if shutil.which("slurmctld") is None and os.geteuid() != 0:
+        pytest.skip("slurm-wlm is not installed, and installing it (apt-get) needs root")
+    # not under pytest's tmp folder: munged runs as the munge user, which must reach its socket there
+    state = Path(tempfile.mkdtemp(prefix="pgt-slurm-"))
+    ports = {"PGT_SLURMCTLD_PORT": str(free_port()), "PGT_SLURMD_PORT": str(free_port())}  # beside any other SLURM
+    up = subprocess.run(["bash", SLURM_SH, "up", state], capture_output=True, text=True, timeout=600,
+                        env={**os.environ, **ports})
+    if up.returncode == NOT_INSTALLABLE:
+        shutil.rmtree(state)
+        pytest.skip(f"SLURM cannot be installed here: {up.stderr.strip()}")
+    try:
+        assert up.returncode == 0, f"slurm.sh up failed: {up.stderr}"
+        env = python_env(1, {"SLURM_CONF": str(state / "slurm.conf"),
+                             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+        yield Cluster(state, env)
+    finally:
+        down = subprocess.run(["bash", SLURM_SH, "down", state], capture_output=True, text=True, timeout=120)
+        assert down.returncode == 0, down.stderr
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def weights(run_dir: Path) -> dict:
+    return torch.load(run_dir / "last.pth", map_location="cpu", weights_only=True)["model"]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def sbatch_args(run_dir: Path) -> list[str]:
+    """train.sbatch's CONFIG [key=value ...] for a 2-rank CPU run of about a minute on this 2-core machine: long
+    enough that the time-limit warning (20-50 s after the start, below) lands mid-run."""
+    args = tiny_run_args(run_dir, "run.log_interval=1", img_size=32, batch=16, train_size=2880, val_size=16)
+    assert args[0] == "--config"
+    return args[1:]
+
+
+def test_sbatch_preempted_by_time_limit_warning_and_by_requeue_ends_bit_exact(slurm, tmp_path):
+    """One job, three segments: USR1 before the time limit (the script requeues itself), then `scontrol requeue`
+    (SLURM requeues it), then the rest; the weights equal an uninterrupted 2-rank run of the same config."""
+    out = tmp_path / "job.out"
+    # --time=2 --signal=B:USR1@70: slurmctld checks limits every ~30 s and warns once now + 70 s + 30 s reaches the
+    # limit, i.e. 20-50 s after the start (measured here: @60 came at +53 s, @30 with --time=1 at +22 s)
+    job = slurm.run("sbatch", "--parsable", "--nodes=1", "--cpus-per-task=2", "--time=2", "--signal=B:USR1@70",
+                    f"--output={out}", "--export=ALL,PGT_NPROC_PER_NODE=2", SBATCH,
+                    *sbatch_args(tmp_path / "slurm")).stdout.strip()
+    reference = start_torchrun(2, ["--config", *sbatch_args(tmp_path / "reference")])  # meanwhile, uninterrupted
+
+    slurm.wait_for("the warning's requeue", lambda: slurm.job(job).get("Restarts", "0") != "0", timeout=200)
+    slurm.run("scontrol", "update", f"JobId={job}", "TimeLimit=10")  # no second warning
+    log = lambda: out.read_text() if out.exists() else ""  # noqa: E731
+    slurm.wait_for("segment 2 training", lambda: log().count("pgt-train: resnet18") >= 2, timeout=120)
+    time.sleep(3)  # a few steps into segment 2
+    slurm.run("scontrol", "requeue", job)
+    slurm.wait_for("the job's end", lambda: slurm.job(job).get("JobState") in ("COMPLETED", "FAILED", None)
+                   or not slurm.job(job), timeout=300)
+    text = log()
+    reference = finish(reference, timeout=300)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    assert slurm.job(job).get("JobState", "COMPLETED") == "COMPLETED", text[-3000:]
+
+    warned = [int(t) for t in re.findall(r"USR1 at \+(\d+) s", text)]
+    assert warned and all(t < 120 for t in warned), text  # before the 2-minute limit (a second: a loaded machine)
+    assert text.count("preempted (exit 75); requeueing") == len(warned), text  # the script requeued those itself
+    saves = [int(s) for s in re.findall(r"saved \S+/last\.pth at step (\d+); continue", text)]
+    assert len(saves) == len(warned) + 1, text  # and once for `scontrol requeue`
+    assert saves == sorted(set(saves)) and 0 < saves[0] and saves[-1] < 2 * 180, text  # mid-run, always forward
+    assert f"restart {len(saves)}," in text and text.count("ranks ended with exit code 75") == len(saves), text
+    assert_same_weights(tmp_path / "slurm", tmp_path / "reference")
