@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from pgt_train import checkpoint, config, data, dist, engine, preempt, trainer, writers
+from pgt_train import checkpoint, config, data, dist, engine, preempt, runlock, trainer, writers
 from pgt_train.errors import UserError
 
 EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 3, 1, 130
@@ -118,8 +118,13 @@ def load_init_weights(path: str) -> dict:
         if not source.is_file():
             raise UserError(f"model.init_from: {source} not found")
         from safetensors.torch import load_file
-        return load_file(str(source))
-    return checkpoint.load(source)["model"]
+        try:
+            return load_file(str(source))
+        except Exception as e:  # SafetensorError for a truncated or foreign file, OSError
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise UserError(f"model.init_from: {source} is not a readable safetensors file (truncated or "
+                            f"another format): {first}") from None
+    return checkpoint.load(source, require=("model",))["model"]
 
 
 def preflight(args: argparse.Namespace, cfg: config.Config) -> tuple[Path | None, dict | None]:
@@ -134,6 +139,7 @@ def preflight(args: argparse.Namespace, cfg: config.Config) -> tuple[Path | None
     if resume_path is None:
         return None, None
     state = checkpoint.load(resume_path)
+    checkpoint.check_resume_state(state, source=str(resume_path), epochs=cfg.sched.epochs)
     checkpoint.check_compatible(state.get("config", {}), config.to_dict(cfg), source=str(resume_path))
     return resume_path, state
 
@@ -147,13 +153,28 @@ def train(args: argparse.Namespace) -> int:
         print(config.to_yaml(cfg), end="")
         return 0
     resume_path, resume_state = preflight(args, cfg)
+    init = (load_init_weights(cfg.model.init_from)
+            if cfg.model.init_from and resume_state is None else None)  # a resume brings its own weights
+    # One writer per run folder, held to the end: rank 0 writes there (the other ranks never do, and wait for
+    # rank 0 at the rendezvous, which a refused rank 0 never reaches: torchrun then ends them)
+    with runlock.RunLock(Path(cfg.run.dir), enabled=int(os.environ.get("RANK", "0")) == 0):
+        return train_locked(args, cfg, resume_path, resume_state, init)
+
+
+def train_locked(args: argparse.Namespace, cfg: config.Config, resume_path: Path | None, resume_state: dict | None,
+                 init: dict | None) -> int:
+    """train() once this process holds the run folder's lock."""
     run_dir = Path(cfg.run.dir)
+    # again under the lock: another writer may have filled the folder since preflight looked
+    check_run_dir(run_dir, resume_path, resume_auto=args.resume == "auto", cfg=cfg)
+    if resume_state is not None and int(os.environ.get("RANK", "0")) == 0:
+        resume_state, note = checkpoint.reconcile_best(run_dir, resume_state)
+        if note:
+            print(note)
     if resume_state is not None and resume_state["epoch"] >= cfg.sched.epochs:
         print(f"{run_dir} is finished ({resume_state['epoch']}/{cfg.sched.epochs} epochs); nothing to do. To train "
               f"further, start a new run.dir with --init-from {resume_path} and its own schedule")
         return 0
-    init = (load_init_weights(cfg.model.init_from)
-            if cfg.model.init_from and resume_state is None else None)  # a resume brings its own weights
     info = dist.init(cfg.run.device, timeout_s=cfg.run.dist_timeout_s)
     log = print if info.is_main else (lambda *a, **k: None)
     if info.device.type == "cuda":
@@ -166,6 +187,8 @@ def train(args: argparse.Namespace) -> int:
         start = checkpoint.restore(resume_state, model=parts.plain_model, optimizer=parts.optimizer,
                                    scheduler=parts.scheduler, scaler=parts.scaler, rank=info.rank,
                                    source=str(resume_path), config=config.to_dict(cfg))
+        checkpoint.check_counters(start, steps_per_epoch=parts.steps_per_epoch, saved_accum=cfg.data.accum_steps,
+                                  source=str(resume_path))
         log(f"resumed from {resume_path}: epoch {start['epoch'] + 1}, step {start['step']}")
     else:
         parts.scheduler.step_update(0)
@@ -174,7 +197,8 @@ def train(args: argparse.Namespace) -> int:
         (run_dir / "config.yaml").write_text(config.to_yaml(cfg))
     log(banner(cfg, parts, info))
     run = trainer.Trainer(cfg, parts, info=info, run_dir=run_dir, log=log, start=start,
-                          resume_totals=(resume_state or {}).get("epoch_totals"))
+                          resume_totals=(resume_state or {}).get("epoch_totals"),
+                          resume_diag=(resume_state or {}).get("diagnostics"))
     end_epoch = cfg.sched.epochs if args.run_epochs is None else min(cfg.sched.epochs, start["epoch"] + args.run_epochs)
     exit_code = run.fit(end_epoch)
     if exit_code == 0 and run.last_metrics is not None:

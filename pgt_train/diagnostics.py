@@ -8,6 +8,7 @@ norm series go to <run.dir>/filter_norms.npz for plotting; epoch totals go to su
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -33,24 +34,39 @@ def histogram(writer, tag: str, values: torch.Tensor, step: int) -> None:
 
 class Diagnostics:
     def __init__(self, model: nn.Module, *, interval: int, zero_threshold: float, writer, run_dir: Path, log,
-                 start_step: int = 0):
+                 start_step: int = 0, saved: Optional[dict] = None):
         self.interval, self.threshold, self.writer, self.log = interval, zero_threshold, writer, log
         self.path = Path(run_dir) / "filter_norms.npz"
         self.convs = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
         self.series: dict[str, list] = {"step": []}
         if self.path.is_file() and start_step > 0:  # a resumed run continues the series from its step
-            with np.load(self.path) as saved:
-                keep = saved["step"] <= start_step
-                self.series = {k: list(saved[k][keep]) for k in saved.files}
+            with np.load(self.path) as npz:
+                keep = npz["step"] <= start_step
+                self.series = {k: list(npz[k][keep]) for k in npz.files}
         self.dead_layers: set[str] = set()
         self.armed, self.captured = False, None
         self.last = {"zeroed_filters": 0, "zeroed_features": 0, "train_logit_norm": float("nan")}
+        if saved:  # a resume: the measurements so far and a pending capture continue as if never stopped
+            self.load_state_dict(saved)
         head = model.get_classifier() if hasattr(model, "get_classifier") else None
         if isinstance(head, nn.Module):
             head.register_forward_hook(self._capture)
 
-    def _capture(self, _module, inputs, output) -> None:
-        if self.armed:  # a python flag check per forward; tensors are kept only on measuring steps
+    def state_dict(self) -> dict:
+        """What a checkpoint carries: the latest totals, whether the next training batch is to be measured, and
+        the layers already warned about. Taken after a step's after_step, when nothing captured is pending."""
+        return {"last": dict(self.last), "armed": self.armed, "dead_layers": sorted(self.dead_layers)}
+
+    def load_state_dict(self, state: dict) -> None:
+        last = state.get("last", {})
+        self.last.update({k: type(self.last[k])(last[k]) for k in self.last if k in last})
+        self.armed = bool(state.get("armed", False))
+        self.dead_layers = set(state.get("dead_layers", ()))
+
+    def _capture(self, module, inputs, output) -> None:
+        # a python flag check per forward; tensors are kept only on measuring steps. Training batches only: an
+        # evaluation between the arming step and the next step must not be measured in its place.
+        if self.armed and module.training:
             self.captured, self.armed = (inputs[0].detach(), output.detach()), False
 
     def after_step(self, step: int) -> None:

@@ -119,6 +119,7 @@ def train_one_epoch(model: torch.nn.Module, loader: Iterable, loss_fn: Callable,
     """
     model.train()
     step, micro, stopped = start_step, 0, False
+    used_lr = current_lr(optimizer)  # the LR of this call's last optimizer step (set before it by the scheduler)
     bar = tqdm(total=steps, desc=f"epoch {epoch}", disable=not progress, dynamic_ncols=True, leave=False)
     totals.segment_start = time.perf_counter()
     for images, targets in loader:
@@ -134,6 +135,7 @@ def train_one_epoch(model: torch.nn.Module, loader: Iterable, loss_fn: Callable,
         _accumulate(totals, nonfinite_run, loss, logits, targets)
         if not final_micro:
             continue
+        used_lr = current_lr(optimizer)
         _optimizer_step(optimizer, scaler, opts, clip_params)
         step += 1
         scheduler.step_update(step)
@@ -154,7 +156,9 @@ def train_one_epoch(model: torch.nn.Module, loader: Iterable, loss_fn: Callable,
         torch.cuda.synchronize(device)
     totals.elapsed_s += time.perf_counter() - totals.segment_start
     totals.segment_start = None
-    return {**totals.metrics(), "lr": current_lr(optimizer), "step": step, "stopped": stopped}
+    # lr: what the epoch's last step used (an epoch-held schedule: the one LR of all its steps), not the LR the
+    # scheduler set after it for the next step
+    return {**totals.metrics(), "lr": used_lr, "step": step, "stopped": stopped}
 
 
 def _optimizer_step(optimizer, scaler: torch.amp.GradScaler, opts: StepOptions, clip_params: list) -> None:

@@ -68,12 +68,13 @@ def _write_atomically(path: Path, write) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def export(run_dir: Path, out: Path, which: str = "best", force: bool = False) -> tuple[Path, Path]:
-    """Checks everything first (names, existing files, finite values), then writes weights and config."""
+def export(run_dir: Path, out: Path, which: str = "best", force: bool = False) -> tuple[Path, Path, str]:
+    """Checks everything first (names, existing files, finite values), then writes weights and config; returns
+    their paths and a line naming the epoch exported."""
     source = Path(run_dir) / f"{which}.pth"
     weights_path, config_path = output_paths(out)
     check_targets((weights_path, config_path), Path(run_dir), force)
-    state = checkpoint.load(source)
+    state = checkpoint.load(source, require=("model", "config", "epoch"))
     weights = finite_weights(state, source)
     model_cfg = state["config"]["model"]
     metadata = {"format": "pt", "model": model_cfg["name"], "num_classes": str(model_cfg["num_classes"]),
@@ -82,7 +83,24 @@ def export(run_dir: Path, out: Path, which: str = "best", force: bool = False) -
     _write_atomically(weights_path, lambda tmp: save_file(weights, tmp, metadata=metadata))
     config_text = yaml.safe_dump(state["config"], sort_keys=False)
     _write_atomically(config_path, lambda tmp: Path(tmp).write_text(config_text))
-    return weights_path, config_path
+    return weights_path, config_path, describe(state, which, Path(run_dir))
+
+
+def describe(state: dict, which: str, run_dir: Path) -> str:
+    """Which epoch was exported; for best.pth, a warning where last.pth records its best at another epoch (a kill
+    between the epoch end's two writes: the next --resume auto rewrites best.pth)."""
+    top1 = state.get("best_top1") if which == "best" else None
+    line = f"{which}.pth: epoch {state['epoch']}" + (f", val top-1 {top1:.2f} %" if isinstance(top1, float) else "")
+    if which != "best" or not (run_dir / "last.pth").is_file():
+        return line
+    try:
+        last = checkpoint.load(run_dir / "last.pth")
+    except checkpoint.CheckpointError:
+        return line
+    if last.get("best_epoch") not in (None, state["epoch"]):
+        line += (f"; warning: last.pth records the best val top-1 {last.get('best_top1', float('nan')):.2f} at "
+                 f"epoch {last['best_epoch']}: best.pth is stale; pgt-train --resume auto on the run repairs it")
+    return line
 
 
 def main(argv=None) -> int:
@@ -95,6 +113,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not args.run_dir.is_dir():
         raise UserError(f"run folder not found: {args.run_dir}")
-    weights, config_path = export(args.run_dir, args.out, args.checkpoint, force=args.force)
-    print(f"wrote {weights} and {config_path}")
+    weights, config_path, what = export(args.run_dir, args.out, args.checkpoint, force=args.force)
+    print(f"wrote {weights} and {config_path} from {what}")
     return 0

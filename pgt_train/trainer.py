@@ -95,10 +95,11 @@ class Trainer:
     """Runs epochs on built Parts; rank 0 writes, every rank takes part in the collectives."""
 
     def __init__(self, cfg: Config, parts: Parts, *, info: DistInfo, run_dir: Path, log: Callable,
-                 start: dict, resume_totals: Optional[dict] = None):
+                 start: dict, resume_totals: Optional[dict] = None, resume_diag: Optional[dict] = None):
         self.cfg, self.p, self.info, self.run_dir, self.log = cfg, parts, info, run_dir, log
         self.epoch, self.step = start["epoch"], start["step"]
         self.batches_done, self.best_top1 = start["batches_done"], start["best_top1"]
+        self.best_epoch = start.get("best_epoch", 0)  # from 1; 0: none yet
         self.totals = engine.EpochTotals(info.device, resume_totals if info.is_main else None)
         self.nonfinite_run = torch.zeros((), device=info.device, dtype=torch.int64)  # across epochs
         self.writer = writers.RunWriter(run_dir, enabled=info.is_main, completed_epochs=self.epoch,
@@ -108,7 +109,8 @@ class Trainer:
         if cfg.diag.interval and info.is_main:
             self.diag = diagnostics.Diagnostics(parts.plain_model, interval=cfg.diag.interval,
                                                 zero_threshold=cfg.diag.zero_threshold, writer=self.writer,
-                                                run_dir=run_dir, log=log, start_step=self.step)
+                                                run_dir=run_dir, log=log, start_step=self.step,
+                                                saved=resume_diag)
         self.last_metrics: Optional[dict] = None
 
     def fit(self, end_epoch: int) -> int:
@@ -148,9 +150,12 @@ class Trainer:
         self.writer.epoch(metrics)
         self.log(writers.epoch_line(metrics, cfg.sched.epochs))
         is_best = metrics["val_top1"] > self.best_top1
-        self.best_top1 = max(self.best_top1, metrics["val_top1"])
+        if is_best:
+            self.best_top1, self.best_epoch = metrics["val_top1"], epoch + 1
         self.epoch, self.batches_done, self.last_metrics = epoch + 1, 0, metrics
         self.totals = engine.EpochTotals(self.info.device)
+        # last.pth first: a kill between the two writes leaves last.pth at the best epoch, from which the next
+        # resume rewrites best.pth (checkpoint.reconcile_best)
         self.save(["last.pth", "best.pth"] if is_best else ["last.pth"])
         return True
 
@@ -184,9 +189,11 @@ class Trainer:
         state = checkpoint.capture(model=self.p.plain_model, optimizer=self.p.optimizer, scheduler=self.p.scheduler,
                                    scaler=self.p.scaler, epoch=self.epoch, step=self.step,
                                    batches_done=self.batches_done, best_top1=self.best_top1,
-                                   config=config.to_dict(self.cfg), rng=rngs)
+                                   best_epoch=self.best_epoch, config=config.to_dict(self.cfg), rng=rngs)
         if totals is not None:
             state["epoch_totals"] = totals
+        if self.diag is not None:  # so that a resumed epoch's diagnostics columns equal an uninterrupted one's
+            state["diagnostics"] = self.diag.state_dict()
         for name in names:
             checkpoint.save(self.run_dir / name, state)
         if self.diag is not None:

@@ -5,6 +5,7 @@ Epochs are counted from 1 in every output: the row of epoch 1 holds the first ep
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 import time
 from pathlib import Path
@@ -55,14 +56,19 @@ class RunWriter:
             shutil.copy2(self.summary_path, backup)
             print(f"warning: {self.summary_path}: {len(rows) - len(kept)} row(s) after epoch {completed_epochs} or "
                   f"without an epoch number are dropped from it; the whole file is kept as {backup.name}")
+        self.rows = kept
         self._rewrite(kept)
 
     def _rewrite(self, rows: list[dict]) -> None:
+        """The whole file through a temp file and a rename: a reader (pgt-report) or a kill at any moment sees
+        the old file or the new one, never half a row. One writer per run folder (runlock), so one temp name."""
         tmp = self.summary_path.with_suffix(".csv.tmp")
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
         tmp.replace(self.summary_path)
 
     def epoch(self, metrics: dict) -> None:
@@ -73,9 +79,8 @@ class RunWriter:
             if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.tb.add_scalar(_tb_tag(key), value, epoch)
         self.tb.flush()
-        with open(self.summary_path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore").writerow(
-                {k: _fmt(metrics.get(k)) for k in SUMMARY_COLUMNS})
+        self.rows.append({k: _fmt(metrics.get(k)) for k in SUMMARY_COLUMNS})
+        self._rewrite(self.rows)
 
     def scalars(self, values: dict, step: int) -> None:
         """Step-level scalars (x = optimizer step), in tb/steps/."""

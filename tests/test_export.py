@@ -29,7 +29,7 @@ def snapshot(folder):
 
 
 def test_weights_and_config_get_distinct_names(run_dir, tmp_path):
-    weights, config = export(run_dir, tmp_path / "out" / "model.safetensors")
+    weights, config, _ = export(run_dir, tmp_path / "out" / "model.safetensors")
     assert (weights.name, config.name) == ("model.safetensors", "model.yaml")
     saved = torch.load(run_dir / "best.pth", weights_only=True)["model"]
     assert all(torch.equal(load_file(weights)[k], v) for k, v in saved.items())
@@ -49,7 +49,7 @@ def test_existing_files_are_kept_unless_force(run_dir, tmp_path):
         with pytest.raises(UserError, match="--force"):
             export(run_dir, tmp_path / "model.safetensors")
         assert (tmp_path / existing).read_bytes() == b"mine"
-    weights, _ = export(run_dir, tmp_path / "model.safetensors", force=True)
+    weights, _, _ = export(run_dir, tmp_path / "model.safetensors", force=True)
     assert set(load_file(weights)) == set(torch.load(run_dir / "best.pth", weights_only=True)["model"])
 
 

@@ -1,0 +1,109 @@
+"""One writer per run folder: an exclusive flock on <run.dir>/.pgt-train.lock, held while a process writes there.
+
+    with RunLock(run_dir):          # a second writer: UserError naming the holder's PID, nothing written
+        ...train...
+
+The kernel drops a flock when its holder dies (SIGKILL included), so a lock is never stale and the lock file
+itself is never removed while a run folder exists (removing it would let two processes lock two inodes).
+Readers (pgt-report, export) never take it: every file they read is replaced by an atomic rename.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import Optional
+
+from pgt_train.errors import UserError
+
+LOCK_NAME = ".pgt-train.lock"
+
+
+def holder_pid(path: Path) -> Optional[int]:
+    """The PID holding a flock on `path`, from the kernel's /proc/locks (None where it cannot tell)."""
+    try:
+        st = os.stat(path)
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    inode_tail = f":{st.st_ino}"
+    for line in lines:  # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF" (a "->" marks a waiter)
+        fields = line.split()
+        if "->" in fields or "FLOCK" not in fields:
+            continue
+        i = fields.index("FLOCK")
+        if len(fields) > i + 4 and fields[i + 4].endswith(inode_tail) and fields[i + 3].isdigit():
+            return int(fields[i + 3])
+    return None
+
+
+class RunLock:
+    """Context manager: creates run_dir (and its missing parents) if needed and flocks its lock file.
+
+    enabled=False (DDP ranks other than 0, which write nothing there) makes it a no-op. If this process created
+    the folder and leaves it holding nothing but the lock file (it stopped on bad input), the folder is removed
+    again, so a refused run leaves no trace.
+    """
+
+    def __init__(self, run_dir: Path, *, enabled: bool = True):
+        self.run_dir, self.enabled = Path(run_dir), enabled
+        self.path = self.run_dir / LOCK_NAME
+        self.fd: Optional[int] = None
+        self.created: list[Path] = []
+
+    def __enter__(self) -> "RunLock":
+        if not self.enabled:
+            return self
+        missing = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"run.dir {self.run_dir}: cannot create it ({e.strerror or e}); "
+                            f"choose another run.dir") from None
+        self.created = missing  # innermost first
+        try:
+            self._acquire()
+        except BaseException:
+            self._remove_created()
+            raise
+        return self
+
+    def _acquire(self) -> None:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = holder_pid(self.path)
+                os.close(fd)
+                who = f"PID {pid}" if pid is not None else "another process"
+                raise UserError(f"run.dir {self.run_dir} is in use: {who} is writing there (it holds "
+                                f"{self.path.name}); wait for it to end or choose another run.dir "
+                                f"(nothing was changed)") from None
+            try:  # the path must still name the inode we locked (a refused run may have removed its folder)
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    self.fd = fd
+                    return
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def _remove_created(self) -> None:
+        """Removes the folders this process created, if they hold nothing but the lock file (while it is held)."""
+        if not self.created:
+            return
+        try:
+            if [p.name for p in self.run_dir.iterdir()] in ([], [LOCK_NAME]):
+                self.path.unlink(missing_ok=True)
+                for folder in self.created:
+                    folder.rmdir()
+        except OSError:
+            pass  # something else appeared: keep it
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is None:
+            return
+        self._remove_created()
+        os.close(self.fd)  # closing the last descriptor releases the flock
+        self.fd = None
