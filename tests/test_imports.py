@@ -67,23 +67,12 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str]:
     return []
 
 
-# Edges of a cycle this check found and whose files belong to another change: data/dali.py imports
-# check_train_size from pgt_train.data, which imports dali lazily. Moving check_train_size into data/base.py ends
-# it; then delete the entry (test_known_cycles_are_still_there fails until it is deleted).
-KNOWN_CYCLE_EDGES = {("pgt_train.data.dali", "pgt_train.data")}
 
 
 def test_the_package_has_no_import_cycle():
     graph = import_graph()
     assert len(graph) > 20 and "pgt_train.report.cli" in graph  # the whole package was read
-    for module, target in KNOWN_CYCLE_EDGES:
-        graph[module] = graph[module] - {target}
     assert find_cycle(graph) == [], " -> ".join(find_cycle(graph))
-
-
-def test_known_cycles_are_still_there():
-    graph = import_graph()
-    assert all(target in graph[module] for module, target in KNOWN_CYCLE_EDGES), "a known cycle is gone: delete it"
 
 
 def test_lazy_imports_are_edges_and_a_cycle_is_found(tmp_path):

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 from pgt_train.config import DataConfig
-from pgt_train.data.base import Loader  # noqa: F401  (the loader contract)
+from pgt_train.data.base import Loader, check_train_size  # noqa: F401  (the loader contract)
 from pgt_train.dist import DistInfo, barrier
 from pgt_train.errors import UserError
 
@@ -23,13 +23,6 @@ def per_rank_batch(global_batch: int, world_size: int, accum_steps: int) -> int:
         raise UserError(f"data.batch_size={global_batch} does not divide into {world_size} processes x "
                         f"{accum_steps} accumulation steps; choose a multiple of {parts}")
     return global_batch // parts
-
-
-def check_train_size(n_images: int, cfg: DataConfig) -> None:
-    """An epoch must hold at least one optimizer step: one global batch (all ranks, all micro-batches)."""
-    if n_images < cfg.batch_size:
-        raise UserError(f"the training set has {n_images} images, fewer than one global batch "
-                        f"({cfg.batch_size}); lower data.batch_size")
 
 
 def check_folders(cfg: DataConfig, *, num_classes: int) -> None:

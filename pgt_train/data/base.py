@@ -5,6 +5,9 @@ from typing import Iterator, Protocol, runtime_checkable
 
 import torch
 
+from pgt_train.config import DataConfig
+from pgt_train.errors import UserError
+
 
 @runtime_checkable
 class Loader(Protocol):
@@ -21,3 +24,10 @@ class Loader(Protocol):
 
     def take_corrupt_count(self) -> int:
         """Unreadable files skipped since the last call (the epoch's summary row reports them)."""
+
+
+def check_train_size(n_images: int, cfg: DataConfig) -> None:
+    """An epoch must hold at least one optimizer step: one global batch (all ranks, all micro-batches)."""
+    if n_images < cfg.batch_size:
+        raise UserError(f"the training set has {n_images} images, fewer than one global batch "
+                        f"({cfg.batch_size}); lower data.batch_size")

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from pgt_train.config import DataConfig
-from pgt_train.data import check_train_size
+from pgt_train.data.base import check_train_size
 from pgt_train.data.torch_loader import IMAGENET_MEAN, IMAGENET_STD
 from pgt_train.dist import DistInfo
 from pgt_train.errors import UserError
