@@ -105,3 +105,19 @@ def test_code_reading_validates_through_the_models_own_resize(jpeg_folder, recip
     assert resize.interpolation == v2.InterpolationMode[interpolation.upper()] and resize.size == [256]
     paper = config.load(REPO / "configs/paper" / recipe, [f"data.root={jpeg_folder}"], [config.reading_path("paper")])
     assert resolve_val_resize(paper.data, paper.model.name).val_interpolation == "bilinear"
+
+
+@pytest.mark.slow
+def test_dali_val_resize_takes_the_interpolation(jpeg_folder):
+    pytest.importorskip("nvidia.dali")
+    from pgt_train.config import DataConfig
+    from pgt_train.data import build_loaders
+    from pgt_train.dist import DistInfo
+    images = {}
+    for interpolation in ("bilinear", "bicubic"):
+        data = DataConfig(root=str(jpeg_folder), loader="dali", batch_size=3, workers=1, img_size=32,
+                          dali_device="cpu", val_interpolation=interpolation)
+        _, val = build_loaders(data, num_classes=3, seed=0, dist=DistInfo(rank=0, world_size=1), channels_last=False)
+        images[interpolation] = next(iter(val))[0]
+    assert images["bilinear"].shape == images["bicubic"].shape
+    assert not torch.equal(images["bilinear"], images["bicubic"])
