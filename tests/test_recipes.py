@@ -190,3 +190,31 @@ def test_figure_recipes():
     assert (cifar.model.name, cifar.model.num_classes, cifar.sched.epochs) == ("resnet20", 10, 360)
     assert (cifar.data.img_size, cifar.data.val_resize, cifar.data.train_crop) == (32, 32, "pad_crop")
     assert cifar.pgt.alpha is None and cifar.run.dir.startswith("runs/paper/")
+
+
+@pytest.mark.slow
+def test_cifar_to_folder(tmp_path):
+    """scripts/cifar_to_folder.py: one-line errors, nothing overwritten; what it writes is the layout Fig. 13 reads."""
+    import importlib.util
+
+    from PIL import Image
+
+    from pgt_train.data.folder import build_datasets
+    from tests.helpers import run_python
+    script = ROOT / "scripts" / "cifar_to_folder.py"
+    r = run_python(script, "--cifar", str(tmp_path / "none"), "--out", str(tmp_path / "out"), timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cifar-10-batches-py" in r.stderr
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "mine.txt").write_text("keep")
+    r = run_python(script, "--cifar", str(tmp_path), "--out", str(tmp_path / "taken"), timeout=60)
+    assert r.returncode == 2 and "nothing is overwritten" in r.stderr
+    assert (tmp_path / "taken" / "mine.txt").read_text() == "keep"
+    spec = importlib.util.spec_from_file_location("cifar_to_folder", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    images = [(Image.new("RGB", (32, 32), (40 * i, 0, 0)), i % 2) for i in range(6)]  # real 32 px images
+    for split in ("train", "val"):
+        assert module.write_split(images, ["airplane", "automobile"], tmp_path / "cifar" / split) == 6
+    train, val = build_datasets(str(tmp_path / "cifar"), num_classes=2, img_size=32, val_resize=32,
+                                crop_scale=(0.08, 1.0), crop_ratio=(0.75, 4 / 3), seed=0, train_crop="pad_crop")
+    assert len(train) == len(val) == 6 and train.classes == ["airplane", "automobile"]
