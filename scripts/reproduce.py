@@ -4,6 +4,7 @@
     python scripts/reproduce.py --table 1 --gpus 4 --data /data/imagenet [--runs-root runs/paper] [--dry-run]
     python scripts/reproduce.py --grid resnet18 --gpus 4 --data /data/imagenet
     python scripts/reproduce.py --table 1 --reading code [--impl exact] ...   # the authors' code, not the paper's words
+    python scripts/reproduce.py --table 1 --launcher slurm --gpus 4 --time 24:00:00 --max-running 8 --data /data/imagenet
     python scripts/reproduce.py --figure 4c --gpus 4 --data /data/imagenet    # Fig. 4(c): PGT 60 epochs vs baseline 100
     python scripts/reproduce.py --grid cifar10_resnet20 --data /data/cifar10  # Fig. 13 (ImageFolder layout, 32 px)
     python scripts/reproduce.py --table 1 --reading code --hook-baselines      # baselines with the hook at α 1
@@ -14,6 +15,13 @@ resumes the interrupted one and starts the rest: <runs-root>/<reading>/<impl>/<t
 runs/paper>, where <impl> is `nopgt` for rows without PGT (one baseline per reading, shared by every --impl).
 --reading picks configs/reading/<reading>.yaml (README, "Two readings"); --impl overrides pgt.impl (default:
 the reading's own, exact for the paper and authors for the code). Several GPUs: python -m torch.distributed.run.
+Trailing key=value overrides apply to every row (as on pgt-train); --rows picks some rows (1-based, as printed).
+
+--launcher slurm submits the rows not finished as ONE job array (sbatch --array=...%<max-running>), each task
+scripts/slurm/train.sbatch on its row (its time-limit warning checkpoints and requeues the task). Each run
+folder gets a `slurm_job` file naming its array task; a rerun skips rows whose task is still queued or running
+(squeue), so no run folder ever has two jobs, and submits the rest again. Why sbatch and not submitit:
+docs/cluster.md.
 Output to a closed pipe (`--dry-run | head -1`) stops quietly with exit status 141, as SIGPIPE would.
 """
 from __future__ import annotations
@@ -23,6 +31,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -33,6 +42,10 @@ from pgt_train.pgt import IMPLS as PGT_IMPLS
 from pgt_train.writers import run_finished
 
 ROOT = Path(__file__).resolve().parents[1]
+SBATCH = ROOT / "scripts" / "slurm" / "train.sbatch"
+JOB_MARKER = "slurm_job"  # in each run folder: the array task (<array id>_<index>) that runs it
+ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
+                 "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
 INDEX = ROOT / "configs" / "paper" / "index.yaml"
 RECIPE_RUNS_ROOT = Path("runs/paper")  # every recipe's run.dir lies under this; --runs-root replaces it
 
@@ -81,14 +94,42 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--step-epochs", type=int, help="train step-schedule rows this many epochs (90: the authors' "
                    "factory adds no cooldown to step, scheduler_factory.py:58-69); run folders get a -<N>ep suffix")
     p.add_argument("--dry-run", action="store_true", help="print each command and what it would do, run nothing")
+    p.add_argument("--rows", help="only these rows, 1-based as printed: 1,3,5")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every row")
+    s = p.add_argument_group("SLURM (--launcher slurm: the rows as one job array of scripts/slurm/train.sbatch)")
+    s.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                   help="local: one row after another here (default); slurm: sbatch --array")
+    s.add_argument("--nodes", type=int, default=1, help="nodes per row (default 1)")
+    s.add_argument("--cpus-per-task", type=int, help="CPUs per node for each row (sbatch --cpus-per-task)")
+    s.add_argument("--partition", help="sbatch --partition")
+    s.add_argument("--account", help="sbatch --account")
+    s.add_argument("--time", help="time limit per row, sbatch --time (e.g. 24:00:00; requeued tasks continue)")
+    s.add_argument("--max-running", type=int, default=4, help="array tasks running at once (%%N; default 4)")
+    s.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG", help="more sbatch options: --qos=x")
     args = p.parse_args(argv)
-    if args.gpus < 1:
-        fail(f"--gpus must be >= 1, got {args.gpus}")
+    check_args(args)
+    return args
+
+
+def check_args(args: argparse.Namespace) -> None:
+    slurm = args.launcher == "slurm"
+    if args.gpus < (0 if slurm else 1):
+        fail(f"--gpus must be >= {0 if slurm else 1} (0: CPU jobs, --launcher slurm only), got {args.gpus}")
+    for name in ("nodes", "max_running", "cpus_per_task"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            fail(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if not slurm and (args.nodes != 1 or args.partition or args.account or args.time or args.sbatch_arg):
+        fail("--nodes, --partition, --account, --time and --sbatch-arg need --launcher slurm")
+    bad = [o for o in args.overrides if "=" not in o or o.startswith("-")]
+    if bad:
+        fail(f"'{bad[0]}' is not a key=value override (options go before the overrides)")
+    if args.rows is not None and not all(r.strip().isdigit() and int(r) >= 1 for r in args.rows.split(",")):
+        fail(f"--rows: '{args.rows}' is not a list of row numbers like 1,3,5")
     if args.impl is not None and args.impl not in PGT_IMPLS:
         fail(f"--impl: '{args.impl}' is not one of: {', '.join(PGT_IMPLS)}")
     if args.step_epochs is not None and args.step_epochs < 1:
         fail(f"--step-epochs must be >= 1, got {args.step_epochs}")
-    return args
 
 
 def variant_overrides(args, recipe: str, overrides: list[str], overlay: Path) -> tuple[list[str], str]:
@@ -110,7 +151,7 @@ def plan_row(args, recipe: str, overrides: list[str]) -> tuple[str, Path, list[s
     """(status, run folder, command) of one row; the row's config is resolved here, so a broken recipe stops
     the script before the first run, not hours into the table."""
     overlay = config.reading_path(args.reading)
-    overrides, suffix = variant_overrides(args, recipe, overrides, overlay)
+    overrides, suffix = variant_overrides(args, recipe, [*overrides, *args.overrides], overlay)
     pgt_on = config.load(ROOT / recipe, overrides, [overlay]).pgt.alpha is not None
     if args.impl and pgt_on:
         overrides = [*overrides, f"pgt.impl={args.impl}"]
@@ -121,7 +162,7 @@ def plan_row(args, recipe: str, overrides: list[str]) -> tuple[str, Path, list[s
     if args.data:
         overrides.append(f"data.root={args.data}")
     data_root = args.data or cfg.data.root
-    if not args.dry_run and not Path(data_root).is_dir():
+    if not args.dry_run and cfg.data.loader != "synthetic" and not Path(data_root).is_dir():
         fail(f"data folder not found: {data_root} (pass --data /path/to/imagenet)")
     status = ("skip" if run_finished(run_dir, cfg.sched.epochs) else
               "resume" if (run_dir / "last.pth").is_file() else "start")
@@ -132,14 +173,20 @@ def plan_row(args, recipe: str, overrides: list[str]) -> tuple[str, Path, list[s
     return status, run_dir, cmd
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    index = yaml.safe_load(INDEX.read_text())
-    plan = [(label, *plan_row(args, recipe, overrides))
-            for label, recipe, overrides in rows_of(index, args.table, args.grid, args.figure)]
+def selected(plan: list, rows: str | None) -> list:
+    """(row number from 1, row) for --rows (all without it)."""
+    numbered = list(enumerate(plan, 1))
+    if rows is None:
+        return numbered
+    wanted = sorted({int(r) for r in rows.split(",")})
+    if wanted[-1] > len(plan):
+        fail(f"--rows: row {wanted[-1]} does not exist (this one has {len(plan)} rows)")
+    return [numbered[i - 1] for i in wanted]
 
-    for i, (label, status, run_dir, cmd) in enumerate(plan, 1):
-        print(f"[{i}/{len(plan)}] {label}: {status} {run_dir}\n    {shlex.join(cmd)}", flush=True)
+
+def run_locally(args, plan: list, total: int) -> int:
+    for i, (label, status, run_dir, cmd) in plan:
+        print(f"[{i}/{total}] {label}: {status} {run_dir}\n    {shlex.join(cmd)}", flush=True)
         if args.dry_run or status == "skip":
             continue
         rc = subprocess.run(cmd).returncode
@@ -148,6 +195,96 @@ def main(argv=None) -> int:
                   f"resume it (finished rows are skipped).", file=sys.stderr)
             return 1
     return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    index = yaml.safe_load(INDEX.read_text())
+    plan = [(label, *plan_row(args, recipe, overrides))
+            for label, recipe, overrides in rows_of(index, args.table, args.grid, args.figure)]
+    total, plan = len(plan), selected(plan, args.rows)
+    return submit_array(args, plan, total) if args.launcher == "slurm" else run_locally(args, plan, total)
+
+
+# --- --launcher slurm: one job array, one task per row not finished and not already queued -----------------------
+
+def slurm_command(argv: list[str], env: dict | None = None) -> str:
+    """stdout of a SLURM client; its one-line error (exit 2) where SLURM is missing or unreachable."""
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+    except FileNotFoundError:
+        fail(f"{argv[0]} not found: --launcher slurm needs the SLURM client commands on PATH")
+    except subprocess.TimeoutExpired:
+        fail(f"{argv[0]} did not answer within 60 s: is the SLURM controller reachable?")
+    if r.returncode != 0:
+        fail(f"{shlex.join(argv[:2])} failed: {(r.stderr.strip().splitlines() or ['no message'])[-1]}")
+    return r.stdout
+
+
+def active_tasks() -> set[str]:
+    """Job ids (array tasks as <array id>_<index>) that SLURM still has queued or running."""
+    out = slurm_command(["squeue", "-h", "-r", "-o", "%i|%T"])
+    return {job for job, state in (line.split("|", 1) for line in out.split()) if state in ACTIVE_STATES}
+
+
+def slurm_status(status: str, run_dir: Path, active: set[str]) -> str:
+    """skip, queued as <job> (the run folder's task is still queued or running), or status (to submit)."""
+    marker = run_dir / JOB_MARKER
+    job = marker.read_text().strip() if status != "skip" and marker.is_file() else ""
+    return f"queued as {job}" if job in active else status
+
+
+def train_args(cmd: list[str]) -> list[str]:
+    """train.sbatch's CONFIG [args ...] from a row's local command (train.sbatch adds --resume auto)."""
+    start = cmd.index("--config") + 1
+    return [str(Path(cmd[start]).resolve()), *cmd[start + 1:-2]]
+
+
+def sbatch_argv(args, n: int, rows_file: Path, logs: Path) -> list[str]:
+    name = f"pgt-{'table' + args.table if args.table else 'grid-' + args.grid if args.grid else 'fig' + args.figure}"
+    argv = ["sbatch", "--parsable", f"--array=0-{n - 1}%{args.max_running}", f"--job-name={name}",
+            f"--output={logs}/%x-%A_%a.out", f"--nodes={args.nodes}"]
+    argv += [f"--gpus-per-node={args.gpus}"] if args.gpus else []
+    for option in ("cpus_per_task", "partition", "account", "time"):
+        if getattr(args, option) is not None:
+            argv.append(f"--{option.replace('_', '-')}={getattr(args, option)}")
+    return [*argv, *args.sbatch_arg, str(SBATCH), "--rows", str(rows_file)]
+
+
+def submit_array(args, plan: list, total: int) -> int:
+    active = active_tasks() if not args.dry_run else set()
+    todo = []
+    for i, (label, status, run_dir, cmd) in plan:
+        status = slurm_status(status, run_dir, active)
+        task = f" -> task {len(todo)}" if status in ("start", "resume") else ""
+        print(f"[{i}/{total}] {label}: {status} {run_dir}{task}\n    {shlex.join(train_args(cmd))}", flush=True)
+        if task:
+            todo.append((run_dir, train_args(cmd)))
+    if not todo:
+        print("reproduce: nothing to submit (every row finished or queued)")
+        return 0
+    logs = Path(args.runs_root).resolve() / "slurm"
+    rows_file = logs / f"array-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.rows"  # read by the tasks: kept
+    argv = sbatch_argv(args, len(todo), rows_file, logs)
+    print(f"{'would submit' if args.dry_run else 'submitting'}: {shlex.join(argv)}", flush=True)
+    if args.dry_run:
+        return 0
+    logs.mkdir(parents=True, exist_ok=True)
+    rows_file.write_text("".join(shlex.join(row) + "\n" for _, row in todo))  # line k: task k's arguments
+    # sbatch exports this environment to the tasks, with this python's bin folder (pgt-torchrun) first on PATH
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    array = slurm_command(argv, env).strip().split(";")[0]
+    for k, (run_dir, _) in enumerate(todo):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(run_dir / JOB_MARKER, f"{array}_{k}\n")
+    print(f"submitted job array {array}: {len(todo)} task(s), at most {args.max_running} at once; logs in {logs}")
+    return 0
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _main_with_config_errors() -> int:

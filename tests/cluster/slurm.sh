@@ -8,10 +8,12 @@
 # PGT_SLURMCTLD_PORT/PGT_SLURMD_PORT change them).
 set -euo pipefail
 
-usage() { echo "usage: $0 up|down DIR" >&2; exit 2; }
-[ $# -eq 2 ] || usage
+#   tests/cluster/slurm.sh install    only install the packages (.ci/run does, before the tests)
+
+usage() { echo "usage: $0 up|down DIR, or $0 install" >&2; exit 2; }
+[ "${1:-}" = install ] || [ $# -eq 2 ] || usage
 action=$1
-dir=$2
+dir=${2:-}
 
 install_packages() {
   command -v slurmctld >/dev/null && command -v munged >/dev/null && return 0
@@ -145,6 +147,7 @@ down() {
 }
 
 case $action in
+  install) install_packages ;;
   up) up ;;
   down) down ;;
   *) usage ;;
