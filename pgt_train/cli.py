@@ -75,6 +75,7 @@ def check_run_dir(run_dir: Path, resume_path: Path | None, *, resume_auto: bool,
         return
     if resume_auto and restartable(run_dir, cfg):
         return  # the same run died before its first checkpoint: it starts again in place
+    runlock.refuse_if_held(run_dir)  # a run in progress there: say who holds it, not only what it holds
     if resume_auto:
         raise UserError(f"run.dir {run_dir} holds a run ({', '.join(held)}) but no last.pth to continue from, and it "
                         f"is not the start of this same run; give this run a new run.dir (nothing was changed)")

@@ -37,6 +37,19 @@ def holder_pid(path: Path) -> Optional[int]:
     return None
 
 
+def in_use_error(run_dir: Path, pid: Optional[int]) -> UserError:
+    who = f"PID {pid}" if pid is not None else "another process"
+    return UserError(f"run.dir {run_dir} is in use: {who} is writing there (it holds {LOCK_NAME}); wait for it "
+                     f"to end or choose another run.dir (nothing was changed)")
+
+
+def refuse_if_held(run_dir: Path) -> None:
+    """Raises in_use_error where another process holds run_dir's lock now (a check without taking it)."""
+    pid = holder_pid(Path(run_dir) / LOCK_NAME) if (Path(run_dir) / LOCK_NAME).exists() else None
+    if pid is not None and pid != os.getpid():
+        raise in_use_error(run_dir, pid)
+
+
 class RunLock:
     """Context manager: creates run_dir (and its missing parents) if needed and flocks its lock file.
 
@@ -76,10 +89,7 @@ class RunLock:
             except BlockingIOError:
                 pid = holder_pid(self.path)
                 os.close(fd)
-                who = f"PID {pid}" if pid is not None else "another process"
-                raise UserError(f"run.dir {self.run_dir} is in use: {who} is writing there (it holds "
-                                f"{self.path.name}); wait for it to end or choose another run.dir "
-                                f"(nothing was changed)") from None
+                raise in_use_error(self.run_dir, pid) from None
             try:  # the path must still name the inode we locked (a refused run may have removed its folder)
                 if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
                     self.fd = fd

@@ -50,11 +50,11 @@ def wait_for(predicate, proc, timeout=120):
 @pytest.mark.slow
 def test_a_second_writer_exits_2_naming_the_holder_and_writes_nothing(tmp_path):
     run_dir = tmp_path / "run"
-    first = start_cli(*TINY, f"run.dir={run_dir}", "sched.epochs=3", "optim.lr=0.03")
+    first = start_cli(*TINY, f"run.dir={run_dir}", "sched.epochs=500", "optim.lr=0.03")  # stopped below
     wait_for(lambda: (run_dir / "config.yaml").exists(), first)  # it holds the lock and is building/training
     for extra in (["optim.lr=0.05"], ["optim.lr=0.03", "--resume", "auto"]):  # a new run, and a resume
         t0 = time.time()
-        second = finish(start_cli(*TINY, f"run.dir={run_dir}", "sched.epochs=3", *extra), timeout=120)
+        second = finish(start_cli(*TINY, f"run.dir={run_dir}", "sched.epochs=500", *extra), timeout=120)
         if first.poll() is not None:
             pytest.skip("the first run ended before the second started (machine too fast for this race)")
         assert second.returncode == 2, second.stderr
@@ -62,9 +62,11 @@ def test_a_second_writer_exits_2_naming_the_holder_and_writes_nothing(tmp_path):
         assert second.stderr.count("\n") == 1 and "Traceback" not in second.stderr
         assert "pgt-train:" not in second.stdout, "refused before anything was built"
         assert time.time() - t0 < 60
-    done = finish(first, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert [r["epoch"] for r in read_summary(run_dir / "summary.csv")] == ["1", "2", "3"], "each row once"
+    first.send_signal(signal.SIGTERM)
+    done = finish(first, timeout=120)
+    assert done.returncode == 75, done.stderr
+    epochs = [r["epoch"] for r in read_summary(run_dir / "summary.csv")]
+    assert epochs == [str(i) for i in range(1, len(epochs) + 1)], "each row once, in order"
     assert "lr: 0.03" in (run_dir / "config.yaml").read_text()
 
 
@@ -96,9 +98,10 @@ def test_sigkill_between_last_and_best_is_repaired_by_the_resume(tmp_path):
     """Epoch 1 is always the best so far: a kill right before its best.pth write leaves last.pth at epoch 1 and no
     best.pth (on the old order the resume then said 'finished' and export had nothing, or an older best)."""
     run_dir = tmp_path / "run"
-    killed_run("best.pth", 6, "before", *TINY, f"run.dir={run_dir}", "sched.epochs=1")
+    one = ("sched.epochs=1", "sched.warmup_epochs=0")
+    killed_run("best.pth", 6, "before", *TINY, f"run.dir={run_dir}", *one)
     assert (run_dir / "last.pth").exists() and not (run_dir / "best.pth").exists()
-    resumed = run_python("-m", "pgt_train", *TINY, f"run.dir={run_dir}", "sched.epochs=1", "--resume", "auto")
+    resumed = run_python("-m", "pgt_train", *TINY, f"run.dir={run_dir}", *one, "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr
     assert f"repaired {run_dir / 'best.pth'}: it is missing" in resumed.stdout
     assert "is finished" in resumed.stdout
