@@ -120,11 +120,26 @@ def test_finished_runs_skip_and_interrupted_runs_resume(tmp_path):
     (["--table", "1", "--reading", "words", "--dry-run"], "--reading: 'words' is not one of: paper, code"),
     (["--table", "1", "--impl", "approx", "--dry-run"], "--impl: 'approx' is not one of: exact, authors, official"),
     (["--table", "1", "--data", "/nonexistent/imagenet"], "data folder not found: /nonexistent/imagenet"),
+    (["--table", "1", "--dry-run", "sched.epochs"], "'sched.epochs' is not a key=value override"),
+    (["--table", "1", "--rows", "15", "--dry-run"], "--rows: row 15 does not exist (this one has 14 rows)"),
+    (["--table", "1", "--rows", "1,x", "--dry-run"], "--rows: '1,x' is not a list of row numbers"),
+    (["--table", "1", "--nodes", "2", "--dry-run"], "need --launcher slurm"),
+    (["--table", "1", "--gpus", "0", "--dry-run"], "--gpus must be >= 1"),
+    (["--table", "1", "--launcher", "slurm", "--max-running", "0", "--dry-run"], "--max-running must be >= 1"),
 ])
 def test_bad_input_is_one_line_and_runs_nothing(args, message):
     r = reproduce(*args)
     assert r.returncode != 0 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and message in r.stderr
+
+
+def test_trailing_overrides_apply_to_every_selected_row(tmp_path):
+    r = reproduce("--table", "1", "--rows", "2,5", "--dry-run", "--runs-root", str(tmp_path), "sched.epochs=30",
+                  "data.batch_size=64")
+    assert r.returncode == 0, r.stderr
+    rows = plan(r.stdout)
+    assert len(rows) == 2 and r.stdout.startswith("[2/14] ") and "\n[5/14] " in r.stdout
+    assert all({"sched.epochs=30", "data.batch_size=64"} <= set(cmd) for _, cmd in rows)
 
 
 def test_proxy_study_dry_run_lists_every_recipe_and_seed(tmp_path):
