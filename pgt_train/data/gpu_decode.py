@@ -32,10 +32,10 @@ from typing import NamedTuple
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from pgt_train.data.decoders import get_decoder
 from pgt_train.data.folder import SeededImageFolder, build_datasets
 from pgt_train.data.torch_loader import CorruptSample, TorchLoader, sample_rng, sample_seed
 from pgt_train.errors import UserError
@@ -175,8 +175,9 @@ def collate_encoded(samples: list) -> EncodedBatch:
 class BatchDecoder:
     """EncodedBatch -> (uint8 images (N, 3, S, S) on `device`, targets, corrupt), in sampler order."""
 
-    def __init__(self, dataset: EncodedImageFolder, *, device: torch.device):
+    def __init__(self, dataset: EncodedImageFolder, *, device: torch.device, decoder: str = "auto"):
         self.dataset, self.device = dataset, device
+        self.decode_files = get_decoder(decoder)  # decoders.py: torchvision, torchcodec or PIL
         transforms = dataset.folder.transform.transforms
         self.train = dataset.train
         crop = transforms[0]  # the torchvision path's RandomResizedCrop object (train)
@@ -189,12 +190,12 @@ class BatchDecoder:
         if not files:
             return [], []
         try:
-            return decode_jpeg(files, mode=ImageReadMode.RGB, device=self.device), []
+            return self.decode_files(files, self.device), []
         except RuntimeError:  # one bad file fails the whole batched call: retry each alone on the CPU
             images, corrupt = [], []
             for data, index in zip(files, batch.indices.tolist()):
                 try:
-                    images.append(decode_jpeg(data, mode=ImageReadMode.RGB).to(self.device, non_blocking=True))
+                    images.append(self.decode_files([data], torch.device("cpu"))[0].to(self.device, non_blocking=True))
                 except RuntimeError as e:
                     images.append(None)
                     corrupt.append(CorruptSample(self.dataset.samples[index][0], f"decode_jpeg: {e}"))
