@@ -4,6 +4,7 @@ Checks what a training run relies on: tensors of the right kind, ImageFolder's c
 checkpoints move between loaders), every val image counted exactly once over any number of ranks,
 and a checkpoint trained with the torchvision loader scoring the same through DALI.
 """
+import re
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,31 @@ def test_channels_last_is_the_same_batch(folder):
     for (a, ta), (b, tb) in zip(val, val_cl):
         assert b.is_contiguous(memory_format=torch.channels_last) and b.shape == a.shape
         assert torch.equal(a, b) and torch.equal(ta, tb)
+
+
+def test_fp16_nhwc_batch_comes_from_the_pipeline(folder):
+    """output_dtype float16: crop_mirror_normalize emits the fp16 NHWC batch (the same values as fp32, rounded)."""
+    from pgt_train.data.dali import build_dali_loaders
+    cfg = DataConfig(root=str(folder), loader="dali", batch_size=4, workers=1, img_size=32, dali_device="cpu")
+    kw = dict(batch_size=4, num_classes=len(CLASSES), seed=0, dist=DistInfo(rank=0, world_size=1), channels_last=True)
+    train16, val16 = build_dali_loaders(cfg, output_dtype="float16", **kw)
+    _, val32 = build_dali_loaders(cfg, **kw)
+    for (a, ta), (b, tb) in zip(val32, val16):
+        assert b.dtype == torch.float16 and b.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(ta, tb) and (a - b.float()).abs().max().item() <= 2.5e-3  # fp16 spacing near |x| <= 2.7
+    images, _ = next(iter(train16))
+    assert images.dtype == torch.float16 and images.shape == (4, 3, 32, 32)
+    # The train graph decodes only the crop: one image_random_crop operator and no full decode + crop.
+    decoders = set(re.findall(rb"decoders__[A-Za-z]+", train16.pipe.serialize()))
+    assert decoders == {b"decoders__ImageRandomCrop"}, decoders
+    assert set(re.findall(rb"decoders__[A-Za-z]+", val16.pipe.serialize())) == {b"decoders__Image"}  # val: whole
+
+
+def test_unknown_output_dtype_is_refused(folder):
+    from pgt_train.data.dali import build_pipeline
+    with pytest.raises(ValueError, match="unknown DALI output dtype 'bfloat16'"):
+        build_pipeline(["x.jpg"], [0], train=True, cfg=DataConfig(root=str(folder)), batch_size=1, seed=0,
+                       dist=DistInfo(rank=0, world_size=1), gpu=False, channels_last=True, output_dtype="bfloat16")
 
 
 @pytest.mark.slow

@@ -36,6 +36,10 @@ from pgt_train.dist import DistInfo
 from pgt_train.errors import UserError
 
 READER = "Reader"
+# Share of the JPEGs nvJPEG's hardware decoder (A100/H100 NVJPG engines) takes in the mixed decoder, the rest going
+# to its CUDA decoder: DALI's documented default, stated here; not tuned, as the GPU path has never run.
+HW_DECODER_LOAD = 0.65
+OUTPUT_DTYPES = ("float32", "float16")  # crop_mirror_normalize's output: the model's input dtype
 
 
 def image_files(split_dir: Path) -> tuple[list[str], list[int]]:
@@ -55,8 +59,13 @@ def shard_range(n: int, shard: int, shards: int) -> tuple[int, int]:
 
 
 def build_pipeline(files, labels, *, train: bool, cfg: DataConfig, batch_size: int, seed: int, dist: DistInfo,
-                   gpu: bool, channels_last: bool):
+                   gpu: bool, channels_last: bool, output_dtype: str = "float32"):
+    """Train: decodes only a random crop's region (image_random_crop), resizes it, flips and normalises; val:
+    decode, resize, center crop. Out: normalised `output_dtype` batches, NHWC with channels_last (else NCHW)."""
     from nvidia.dali import fn, pipeline_def, types
+    if output_dtype not in OUTPUT_DTYPES:
+        raise ValueError(f"unknown DALI output dtype {output_dtype!r} (valid: {', '.join(OUTPUT_DTYPES)})")
+    hw = dict(hw_decoder_load=HW_DECODER_LOAD) if gpu else {}  # mixed decoder only
 
     @pipeline_def(batch_size=batch_size, num_threads=max(1, cfg.workers), seed=seed + 1000 * dist.rank,
                   device_id=dist.device.index if gpu else None, prefetch_queue_depth=2)
@@ -68,18 +77,18 @@ def build_pipeline(files, labels, *, train: bool, cfg: DataConfig, batch_size: i
         if train:
             images = fn.decoders.image_random_crop(
                 jpegs, device=decoder, output_type=types.RGB, random_area=list(cfg.crop_scale),
-                random_aspect_ratio=list(cfg.crop_ratio), num_attempts=10)
+                random_aspect_ratio=list(cfg.crop_ratio), num_attempts=10, **hw)
             images = fn.resize(images, resize_x=cfg.img_size, resize_y=cfg.img_size, antialias=True)
             mirror, crop = fn.random.coin_flip(probability=0.5), None
         else:
-            images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)
+            images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB, **hw)
             interp = types.INTERP_CUBIC if cfg.val_interpolation == "bicubic" else types.INTERP_LINEAR
             images = fn.resize(images, resize_shorter=cfg.val_resize or round(cfg.img_size * 256 / 224),
                                interp_type=interp, antialias=True)
             mirror, crop = 0, (cfg.img_size, cfg.img_size)
         # HWC permuted to NCHW on the torch side is channels_last memory without a copy
         images = fn.crop_mirror_normalize(
-            images, dtype=types.FLOAT, output_layout="HWC" if channels_last else "CHW", crop=crop, mirror=mirror,
+            images, dtype=types.FLOAT16 if output_dtype == "float16" else types.FLOAT, output_layout="HWC" if channels_last else "CHW", crop=crop, mirror=mirror,
             mean=[m * 255 for m in IMAGENET_MEAN], std=[s * 255 for s in IMAGENET_STD])
         return images, targets
 
@@ -168,8 +177,9 @@ class DaliLoader:
 
 
 def build_dali_loaders(cfg: DataConfig, *, batch_size: int, num_classes: int, seed: int, dist: DistInfo,
-                       channels_last: bool):
-    """(train_loader, val_loader) over <root>/train and <root>/val; batch_size is per rank and micro-batch."""
+                       channels_last: bool, output_dtype: str = "float32"):
+    """(train_loader, val_loader) over <root>/train and <root>/val; batch_size is per rank and micro-batch.
+    output_dtype float16: the pipeline emits the fp16 batch itself (for fp16 autocast runs; no cast in torch)."""
     try:
         import nvidia.dali  # noqa: F401
     except ImportError:
@@ -192,7 +202,7 @@ def build_dali_loaders(cfg: DataConfig, *, batch_size: int, num_classes: int, se
         elif n < w:
             raise UserError(f"{root / split} has {n} images, fewer than the {w} processes")
         pipe = build_pipeline(files, labels, train=train, cfg=cfg, batch_size=batch_size, seed=seed, dist=dist,
-                              gpu=device == "gpu", channels_last=channels_last)
+                              gpu=device == "gpu", channels_last=channels_last, output_dtype=output_dtype)
         loaders.append(DaliLoader(pipe, train=train, batch_size=batch_size, device=dist.device,
                                   batches=(n // w) // batch_size if train else None, channels_last=channels_last,
                                   files=tuple(files)))
