@@ -144,11 +144,18 @@ class Heartbeat:
                 and not self.store.check([f"exit/{r}"])]
 
 
+def is_collective_failure(error: BaseException) -> bool:
+    """NCCL and the store raise DistError; gloo a RuntimeError naming gloo (a timeout, a closed connection)."""
+    text = str(error)
+    return isinstance(error, tdist.DistError) or isinstance(error, RuntimeError) and any(
+        word in text for word in ("gloo", "Gloo", "NCCL", "Connection", "connection", "Timed out", "timed out"))
+
+
 def lost_rank_line(error: BaseException) -> Optional[str]:
     """After a failed collective: one line naming the silent rank(s), "" if another rank is silent but a lower
     surviving rank says so (one line per job), None if every rank is alive (the error is this rank's own)."""
     beat = Heartbeat.current
-    if beat is None:
+    if beat is None or not is_collective_failure(error):  # a bug here: no need to wait on the heartbeats
         return None
     Heartbeat.current = None  # this rank ends now; it says nothing more through the store
     beat.done.set()
