@@ -27,7 +27,7 @@ from tests.test_ddp import summary, train_args, wait_for, weights
 
 pytestmark = pytest.mark.slow
 RDZV_PORT = 29400
-EXTRA = ("data.train_size=320", "run.checkpoint_every=1", "run.dist_timeout_s=20")  # 10 steps an epoch
+EXTRA = ("data.train_size=320", "run.checkpoint_every=1", "run.dist_timeout_s=10")  # 10 steps an epoch; 1-s heartbeats
 _run_ids = itertools.count()
 
 
@@ -91,8 +91,8 @@ def test_a_lost_host_ends_the_other_within_seconds_and_resume_continues(hosts, t
     lines = [line for line in survivor.stderr.splitlines() if line.startswith("pgt-train:")]
     assert survivor.returncode != 0 and len(lines) == 1, survivor.stdout + survivor.stderr
     assert "went silent" in lines[0] and any(f"pid {pid})" in lines[0] for pid in killed), lines[0]
-    print(f"surviving host ended {took:.1f} s after the kill")
-    assert took < 20, f"the surviving host took {took:.1f} s to end"
+    print(f"surviving host ended {took:.1f} s after the kill; its stderr:\n{survivor.stderr}")
+    assert took < 25, f"the surviving host took {took:.1f} s to end"
     assert "Traceback" not in survivor.stderr, survivor.stderr
     state = torch.load(run_dir / "last.pth", weights_only=True)
     assert 0 < state["step"] < 20, "the kill came mid-run, after a checkpoint"
