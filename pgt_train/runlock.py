@@ -1,10 +1,14 @@
-"""One writer per run folder: an exclusive flock on <run.dir>/.pgt-train.lock, held while a process writes there.
+"""One writer per run folder: an exclusive POSIX lock (fcntl.lockf) on <run.dir>/.pgt-train.lock, held while a
+process writes there.
 
     with RunLock(run_dir):          # a second writer: UserError naming the holder's PID, nothing written
         ...train...
 
-The kernel drops a flock when its holder dies (SIGKILL included), so a lock is never stale and the lock file
+The kernel drops the lock when its holder dies (SIGKILL included), so a lock is never stale and the lock file
 itself is never removed while a run folder exists (removing it would let two processes lock two inodes).
+A POSIX lock, not a flock: it belongs to the process, so loader workers forked from the trainer do not inherit it
+(with flock they held it after a SIGKILL of the trainer until they noticed and exited, refusing a quick resume).
+It is released when this process closes any descriptor of the lock file: only RunLock opens it.
 Readers (pgt-report, export) never take it: every file they read is replaced by an atomic rename.
 """
 from __future__ import annotations
@@ -20,18 +24,19 @@ LOCK_NAME = ".pgt-train.lock"
 
 
 def holder_pid(path: Path) -> Optional[int]:
-    """The PID holding a flock on `path`, from the kernel's /proc/locks (None where it cannot tell)."""
+    """The PID holding a lock on `path`, from the kernel's /proc/locks (None where it cannot tell)."""
     try:
         st = os.stat(path)
         lines = Path("/proc/locks").read_text().splitlines()
     except OSError:
         return None
     inode_tail = f":{st.st_ino}"
-    for line in lines:  # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF" (a "->" marks a waiter)
+    for line in lines:  # "1: POSIX  ADVISORY  WRITE 1234 08:01:5678 0 EOF" (a "->" marks a waiter)
         fields = line.split()
-        if "->" in fields or "FLOCK" not in fields:
+        kind = next((k for k in ("POSIX", "FLOCK", "OFDLCK") if k in fields), None)
+        if "->" in fields or kind is None:
             continue
-        i = fields.index("FLOCK")
+        i = fields.index(kind)
         if len(fields) > i + 4 and fields[i + 4].endswith(inode_tail) and fields[i + 3].isdigit():
             return int(fields[i + 3])
     return None
@@ -51,7 +56,7 @@ def refuse_if_held(run_dir: Path) -> None:
 
 
 class RunLock:
-    """Context manager: creates run_dir (and its missing parents) if needed and flocks its lock file.
+    """Context manager: creates run_dir (and its missing parents) if needed and locks its lock file.
 
     enabled=False (DDP ranks other than 0, which write nothing there) makes it a no-op. If this process created
     the folder and leaves it holding nothing but the lock file (it stopped on bad input), the folder is removed
@@ -85,8 +90,8 @@ class RunLock:
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except (BlockingIOError, PermissionError):  # EAGAIN or EACCES: held
                 pid = holder_pid(self.path)
                 os.close(fd)
                 raise in_use_error(self.run_dir, pid) from None
@@ -115,5 +120,5 @@ class RunLock:
         if self.fd is None:
             return
         self._remove_created()
-        os.close(self.fd)  # closing the last descriptor releases the flock
+        os.close(self.fd)  # releases the lock
         self.fd = None

@@ -87,6 +87,25 @@ def test_the_lock_names_its_holder_and_dies_with_it(tmp_path):
         assert lock.fd is not None
 
 
+def test_a_forked_child_does_not_keep_the_lock_after_its_parent_is_killed(tmp_path):
+    """Loader workers are forked from the trainer: after a SIGKILL of the trainer its lock must be free at once,
+    while a forked child still lives (a flock is shared with the child and was held until the worker exited)."""
+    holder = start_python("-c", f"import os, time\nfrom pgt_train import runlock\n"
+                                f"with runlock.RunLock({str(tmp_path / 'r')!r}):\n"
+                                f"    child = os.fork()\n"
+                                f"    if child == 0: time.sleep(60); os._exit(0)\n"
+                                f"    print(child, flush=True); time.sleep(60)")
+    child = int(holder.stdout.readline())
+    try:
+        holder.kill()
+        holder.wait()
+        assert os.path.exists(f"/proc/{child}")  # the forked child lives on
+        with runlock.RunLock(tmp_path / "r") as lock:
+            assert lock.fd is not None
+    finally:
+        os.kill(child, signal.SIGKILL)  # the child this test's process started (by PID)
+
+
 def test_a_refused_new_run_leaves_no_folder(tmp_path, capsys):
     assert cli.main([*TINY, f"run.dir={tmp_path / 'a' / 'b'}", "--init-from", str(tmp_path / "nope.pth")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
