@@ -111,11 +111,14 @@ class Heartbeat:
         if not addr or not port:  # not started by torchrun: no store to beat into
             return
         interval = min(5.0, max(0.5, timeout_s / 10))
-        store = tdist.TCPStore(addr, int(port), is_master=False, timeout=timedelta(seconds=max(5.0, 2 * interval)),
-                               wait_for_workers=False)
-        cls.current = cls(tdist.PrefixStore(f"pgt-heartbeat/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/"
-                                            f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store),
-                          rank, world_size, interval, timeout_s)
+        prefix = (f"pgt-heartbeat/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/"
+                  f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/")  # a restarted round counts afresh
+        try:
+            store = tdist.TCPStore(addr, int(port), is_master=False, wait_for_workers=False,
+                                   timeout=timedelta(seconds=max(5.0, 2 * interval)))
+            cls.current = cls(tdist.PrefixStore(prefix, store), rank, world_size, interval, timeout_s)
+        except Exception:  # no second client possible: the timeout still holds, the line just names no rank
+            cls.current = None
 
     @classmethod
     def stop(cls, exit_code: int) -> None:

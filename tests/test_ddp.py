@@ -165,6 +165,24 @@ def rank_pids(launcher: subprocess.Popen) -> dict[int, int]:
     return pids
 
 
+def test_launcher_finds_the_ranks_it_started_and_sees_a_stopped_one():
+    """pgt-torchrun forwards signals to its children that lead their own session (torchrun's ranks) and kills a
+    stopped one at shutdown; both read /proc. Fast: a sleeping child stands in for a rank."""
+    child = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        assert child.pid in launch.worker_groups(os.getpid())
+        assert not launch.is_stopped(child.pid)
+        os.kill(child.pid, signal.SIGSTOP)
+        deadline = time.time() + 5
+        while not launch.is_stopped(child.pid) and time.time() < deadline:
+            time.sleep(0.01)
+        assert launch.is_stopped(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.pid not in launch.worker_groups(os.getpid())
+
+
 @pytest.mark.slow
 def test_a_frozen_rank_ends_the_job_within_the_timeout_with_one_line_naming_it(tmp_path):
     """SIGSTOP rank 1 mid-epoch: rank 0's next all-reduce waits run.dist_timeout_s, then the heartbeat says which
