@@ -35,11 +35,15 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from pgt_train.data import device_crop
 from pgt_train.data.decoders import get_decoder
 from pgt_train.data.folder import SeededImageFolder, build_datasets
-from pgt_train.data.torch_loader import CorruptSample, TorchLoader, sample_rng, sample_seed
+from pgt_train.data.torch_loader import IMAGENET_MEAN, IMAGENET_STD, CorruptSample, TorchLoader, sample_rng, sample_seed
+from pgt_train.preempt import children_ignore_sigint
 from pgt_train.errors import UserError
 
+NORM_MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255  # grey levels
+NORM_STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
 JPEG_END = b"\xff\xd9"  # EOI marker: a file cut short lacks it, and PIL (not nvJPEG) rejects truncated files
 
 
@@ -173,9 +177,14 @@ def collate_encoded(samples: list) -> EncodedBatch:
 
 
 class BatchDecoder:
-    """EncodedBatch -> (uint8 images (N, 3, S, S) on `device`, targets, corrupt), in sampler order."""
+    """EncodedBatch -> (normalised `dtype` images (N, 3, S, S) on `device`, targets, corrupt), in sampler order.
 
-    def __init__(self, dataset: EncodedImageFolder, *, device: torch.device, decoder: str = "auto"):
+    mean/std (1, 3, 1, 1) in grey levels. transform() is the per-image path (the reference the tests compare with).
+    """
+
+    def __init__(self, dataset: EncodedImageFolder, *, device: torch.device, decoder: str = "auto",
+                 mean: torch.Tensor = NORM_MEAN, std: torch.Tensor = NORM_STD, dtype: torch.dtype = torch.float32,
+                 channels_last: bool = False):
         self.dataset, self.device = dataset, device
         self.decode_files = get_decoder(decoder)  # decoders.py: torchvision, torchcodec or PIL
         transforms = dataset.folder.transform.transforms
@@ -183,6 +192,11 @@ class BatchDecoder:
         crop = transforms[0]  # the torchvision path's RandomResizedCrop object (train)
         self.resized_crop = getattr(crop, "transform", None) or crop._transform  # torchvision < 0.21: _transform
         self.val_geometry = None if self.train else v2.Compose(transforms[:-1])  # Resize, CenterCrop (no PILToTensor)
+        self.size = crop.size[0] if self.train else transforms[1].size[0]  # S: the square output side
+        self.resize = None if self.train else transforms[0].size[0]  # val: short side before the center crop
+        interpolation = crop.interpolation if self.train else transforms[0].interpolation
+        self.kind = getattr(interpolation, "value", interpolation)  # "bilinear" | "bicubic": device_crop.FILTERS
+        self.mean, self.std, self.dtype, self.channels_last = mean.to(device), std.to(device), dtype, channels_last
 
     def decode(self, batch: EncodedBatch) -> tuple[list, list]:
         """Decoded images (None where a file failed) and the CorruptSamples of the failures."""
@@ -202,40 +216,62 @@ class BatchDecoder:
             return images, corrupt
 
     def transform(self, image: torch.Tensor, box: list[int], flip: bool) -> torch.Tensor:
+        """The per-image path: uint8 (3, S, S) by torchvision's own transforms."""
         if not self.train:
             return self.val_geometry(image)
         top, left, height, width = box
         image = self.resized_crop(image, dict(top=top, left=left, height=height, width=width))
         return TF.horizontal_flip(image) if flip else image
 
+    def crop(self, images: list[torch.Tensor], boxes: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        """The batched path (device_crop.py): decoded images -> normalised (E, 3, S, S) in one pass."""
+        if self.train:
+            rows, cols = device_crop.train_spans(boxes.to(self.device), self.size)
+        else:
+            sizes = torch.tensor([image.shape[1:] for image in images])  # host metadata: no device sync
+            rows, cols = device_crop.val_spans(sizes.to(self.device), self.resize, self.size)
+        return device_crop.crop_batch(images, rows, cols, flips=flips.to(self.device), size=self.size,
+                                      kind=self.kind, mean=self.mean, std=self.std, dtype=self.dtype,
+                                      channels_last=self.channels_last)
+
     def __call__(self, batch: EncodedBatch):
+        """(normalised images (N, 3, S, S) on device or None, targets, corrupt), in sampler order."""
         decoded, corrupt = self.decode(batch)
-        slots: list = [None] * len(batch.targets)
-        for image, at, box, flip in zip(decoded, batch.encoded_at.tolist(), batch.boxes.tolist(),
-                                        batch.flips.tolist()):
-            if image is not None:
-                slots[at] = self.transform(image, box, flip)
-        if len(batch.ready_at):
-            for at, image in zip(batch.ready_at.tolist(), batch.ready.to(self.device, non_blocking=True).unbind(0)):
-                slots[at] = image
-        keep = [i for i, image in enumerate(slots) if image is not None]
-        if not keep:
-            return None, batch.targets[:0], batch.corrupt + corrupt
-        targets = batch.targets
-        if len(keep) < len(slots) and self.train:
-            # As the torchvision path does for training: the batch keeps its size; here the stand-in for a
-            # file that failed to decode is another image of the same batch (no file read in this process).
-            failed = [i for i in range(len(slots)) if slots[i] is None]
-            stand_in = [keep[k % len(keep)] for k in range(len(failed))]
-            targets = targets.clone()
-            for i, j in zip(failed, stand_in):
-                slots[i], targets[i] = slots[j], targets[j]
-            if "replacement" in CorruptSample._fields:  # tells TorchLoader a stand-in took the file's place
-                corrupt = [c._replace(replacement=(slots[j], int(targets[j]))) for c, j in zip(corrupt, stand_in)]
-            keep = list(range(len(slots)))
-        elif len(keep) < len(slots):
-            targets = targets[keep]
-        return torch.stack([slots[i] for i in keep]), targets, batch.corrupt + corrupt
+        ok = [k for k, image in enumerate(decoded) if image is not None]  # all of them unless a file failed
+        n = len(batch.targets)
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        out = torch.empty((n, 3, self.size, self.size), dtype=self.dtype, device=self.device, memory_format=layout)
+        filled = torch.zeros(n, dtype=torch.bool)
+        if ok:
+            keep = torch.tensor(ok, dtype=torch.int64)
+            at = batch.encoded_at[keep]
+            out[at.to(self.device)] = self.crop([decoded[k] for k in ok], batch.boxes[keep], batch.flips[keep])
+            filled[at] = True
+        if len(batch.ready_at):  # decoded and cropped in a worker (the torchvision path): uint8
+            ready = batch.ready.to(self.device, non_blocking=True).float().sub_(self.mean).div_(self.std)
+            out[batch.ready_at.to(self.device)] = ready.to(self.dtype)
+            filled[batch.ready_at] = True
+        return self._fill_failed(out, batch.targets, filled, batch.corrupt + corrupt, corrupt)
+
+    def _fill_failed(self, out, targets, filled, all_corrupt, failed_here):
+        """Training keeps the batch whole (as the torchvision path): another image of the batch stands in for
+        each file that failed to decode here; validation drops them."""
+        if len(filled) and bool(filled.all()):
+            return out, targets, all_corrupt
+        keep = filled.nonzero().view(-1)
+        if not len(keep):
+            return None, targets[:0], all_corrupt
+        if not self.train:
+            return out[keep.to(self.device)], targets[keep], all_corrupt
+        failed = (~filled).nonzero().view(-1)
+        stand_in = keep[torch.arange(len(failed)) % len(keep)]
+        out[failed.to(self.device)] = out[stand_in.to(self.device)]
+        targets = targets.clone()
+        targets[failed] = targets[stand_in]
+        if "replacement" in CorruptSample._fields:  # tells TorchLoader a stand-in took the file's place
+            replaced = [c._replace(replacement=(None, int(targets[j]))) for c, j in zip(failed_here, stand_in.tolist())]
+            all_corrupt = all_corrupt[:len(all_corrupt) - len(failed_here)] + replaced
+        return out, targets, all_corrupt
 
 
 class DecodedBatches:
@@ -276,12 +312,23 @@ class DecodedBatches:
 
 
 class NvjpegLoader(TorchLoader):
-    """TorchLoader over an EncodedImageFolder; decoding and crops happen on `device` in the main process."""
+    """TorchLoader over an EncodedImageFolder; decoding and crops happen on `device` in the main process.
+    Its batches come normalised (and in the model's memory format) from BatchDecoder, so __iter__ only reports."""
 
-    def __init__(self, dataset: EncodedImageFolder, *, device: torch.device, **kwargs):
+    def __init__(self, dataset: EncodedImageFolder, *, device: torch.device, decoder: str = "auto",
+                 dtype: torch.dtype = torch.float32, **kwargs):
         super().__init__(dataset, device=device, **kwargs)
         self.loader.collate_fn = collate_encoded  # before the first iteration starts the workers
-        self.loader = DecodedBatches(self.loader, BatchDecoder(dataset, device=device), train=self.train)
+        decode = BatchDecoder(dataset, device=device, decoder=decoder, mean=self.mean, std=self.std, dtype=dtype,
+                              channels_last=self.memory_format == torch.channels_last)
+        self.loader = DecodedBatches(self.loader, decode, train=self.train)
+
+    def __iter__(self):
+        with children_ignore_sigint():  # forks the workers the first time (persistent_workers)
+            batches = iter(self.loader)
+        for images, targets, corrupt in batches:
+            self._report(corrupt)
+            yield images, targets.to(self.device, non_blocking=True)
 
 
 def build_encoded_datasets(root: str, **kwargs) -> tuple[EncodedImageFolder, EncodedImageFolder]:
