@@ -7,6 +7,7 @@ Needs only the repo and its pip dependencies: no dataset (it generates JPEGs, us
 Writes <out>/report.json after every section (and every end-to-end run). Without CUDA it says so in one
 line and exits 1. Sections run in this order; one that would start after --max-minutes is skipped.
 1. exactness: the PGT gradient on the GPU under fp16 autocast and a GradScaler, against the float64 closed form.
+   skipped_step: an fp16 overflow step with fused SGD leaves parameters and momentum buffers unchanged.
 2. end_to_end: ImageNet-like JPEGs (~500x375, ~110 KiB, generated), ResNet-50 fp16 channels_last batch
    256 with PGT, eager and compiled: the bare loop (benchmarking.bare_steps) on tensors already on the GPU
    as the reference, then pgt-train's own engine.train_one_epoch fed by the synthetic loader, the
@@ -100,6 +101,37 @@ def exactness() -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # End to end: generated ImageNet-like JPEGs through each loader into a ResNet-50 training step
+
+def skipped_step(device: torch.device) -> dict:
+    """An fp16 overflow step with fused SGD + GradScaler must change nothing: parameters and momentum buffers
+    as before it (a report against torch 2.11 says fused SGD advanced momentum on skipped steps)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, fused=True)
+    scaler = torch.amp.GradScaler(device.type, init_scale=2.0 ** 10)
+    x, y = torch.randn(8, 16, device=device), torch.randint(0, 4, (8,), device=device)
+
+    def step(overflow: bool) -> None:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.float16):
+            loss = F.cross_entropy(model(x), y) * (float("inf") if overflow else 1.0)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    step(overflow=False)  # creates the momentum buffers
+    params = [p.detach().clone() for p in model.parameters()]
+    momenta = [opt.state[p]["momentum_buffer"].clone() for p in model.parameters()]
+    scale = scaler.get_scale()
+    step(overflow=True)
+    same_params = all(torch.equal(a, p) for a, p in zip(params, model.parameters()))
+    same_momenta = all(torch.equal(a, opt.state[p]["momentum_buffer"]) for a, p in zip(momenta, model.parameters()))
+    result = {"ok": same_params and same_momenta and scaler.get_scale() == scale / 2, "params_unchanged": same_params,
+              "momentum_unchanged": same_momenta, "scale_before": scale, "scale_after": scaler.get_scale()}
+    log(f"  fused SGD, fp16 overflow step skipped: params unchanged {same_params}, momentum unchanged "
+        f"{same_momenta}, scale {scale:g} -> {scaler.get_scale():g}: {'ok' if result['ok'] else 'FAILED'}")
+    return result
+
 
 def imagenet_like_folder(root: Path, *, unique: int, train_entries: int, val_entries: int, classes: int,
                          scale: float = 1.0) -> dict:
@@ -380,7 +412,7 @@ def short_training(out: Path) -> dict:
 
 # Expected minutes on one H100 (end_to_end: ~2 eager + ~1.5 for compiling + ~2.5 compiled, torchvision runs
 # being the longest at ~1 min each), used to skip a section that would end after --max-minutes.
-SECTION_MINUTES = {"exactness": 0.2, "end_to_end": 6.0, "short_training": 1.0, "throughput": 2.0, "dali": 0.5}
+SECTION_MINUTES = {"exactness": 0.2, "skipped_step": 0.1, "end_to_end": 6.0, "short_training": 1.0, "throughput": 2.0, "dali": 0.5}
 
 
 def parse_args(argv):
@@ -406,12 +438,13 @@ def parse_args(argv):
     p.add_argument("--max-minutes", type=float, default=8.0,
                    help="a section starts only if it should end within this many minutes of the start")
     p.add_argument("--cpu-smoke", action="store_true",
-                   help="tiny sizes on the CPU, end_to_end only: executes the code path, measures nothing")
+                   help="tiny sizes on the CPU, skipped_step and end_to_end only: executes the code path, "
+                        "measures nothing")
     args = p.parse_args(argv)
     if args.cpu_smoke:
         args.model, args.img_size, args.batch, args.check_batch = "resnet10t", 32, 8, 4
         args.e2e_steps, args.e2e_warmup, args.e2e_unique, args.e2e_classes, args.jpeg_scale = 2, 1, 12, 4, 0.2
-        args.workers, args.nvjpeg_workers, args.modes, args.sections = 1, 1, "eager", "end_to_end"
+        args.workers, args.nvjpeg_workers, args.modes, args.sections = 1, 1, "eager", "skipped_step,end_to_end"
     args.modes = [{"eager": False, "compiled": True}[m] for m in args.modes.split(",")]
     args.sections = args.sections.split(",")
     return args
@@ -439,7 +472,7 @@ def main(argv=None) -> int:
             report[name] = value
         (args.out / "report.json").write_text(json.dumps(report, indent=2))
 
-    sections = {"exactness": exactness, "end_to_end": lambda: end_to_end(args, device, lambda r: save("end_to_end", r)),
+    sections = {"exactness": exactness, "skipped_step": lambda: skipped_step(device), "end_to_end": lambda: end_to_end(args, device, lambda r: save("end_to_end", r)),
                 "short_training": lambda: short_training(args.out), "throughput": lambda: throughput(args),
                 "dali": lambda: dali(args, args.out / "imagenet_like")}
     start = time.perf_counter()

@@ -275,10 +275,17 @@ def test_torchrun_two_processes_count_every_val_image_once(tmp_path):
 @pytest.mark.slow
 def test_gpu_check_cpu_smoke_runs_the_end_to_end_section(tmp_path):
     out = tmp_path / "gc"
-    result = run_python("scripts/gpu_check.py", "--cpu-smoke", "--out", out, threads=1,
-                        env_extra={"PYTHONPATH": str(REPO)}, timeout=600)
+    import subprocess
+    import sys
+    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")  # the wrapper sets PYTHONPATH itself
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(["bash", "scripts/gpu_check.sh", "--cpu-smoke", "--out", str(out)], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert (out / "gpu_check.log").read_text() == result.stdout  # the wrapper keeps the log
     report = json.loads((out / "report.json").read_text())
+    assert report["skipped_step"]["ok"], report["skipped_step"]  # fused SGD held params and momentum (CPU here)
+    assert report["skipped_step"]["momentum_unchanged"] and report["skipped_step"]["scale_after"] == 512
     e2e = report["end_to_end"]
     assert "error" not in e2e, e2e
     assert e2e["nvjpeg_check"]["ok"], e2e["nvjpeg_check"]
