@@ -242,11 +242,15 @@ def e2e_loader(name: str, root: Path, args, device: torch.device, *, batch: int,
         layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         images = images.contiguous(memory_format=layout)
         return images, torch.randint(1000, (batch,), device=device)
+    name, _, backend = name.partition(":")  # nvjpeg:<decoder backend> (data/decoders.py)
     cfg = DataConfig(root=None if name == "synthetic" else str(root), loader=name, batch_size=batch, workers=workers,
                      img_size=size, train_size=max(n_train, batch), val_size=batch,
                      dali_device="gpu" if device.type == "cuda" else "cpu")
     train_loader, val_loader = build_loaders(cfg, num_classes=args.e2e_classes, seed=0,
                                              dist=DistInfo(device=device), channels_last=device.type == "cuda")
+    for loader in (train_loader, val_loader) if backend else ():
+        from pgt_train.data.decoders import get_decoder
+        loader.loader.decoder.decode_files = get_decoder(backend)  # NvjpegLoader's BatchDecoder
     return train_loader if train else val_loader
 
 
@@ -324,7 +328,7 @@ def summarise(runs: list[dict], compiled: bool) -> None:
         runs[[r["loader"] for r in runs].index("bare")]["ratio_to_synthetic"] = rate["bare"] / rate["synthetic"]
         parts = [f"synthetic loader {rate['synthetic'] / rate['bare']:.2f} of bare (goal >= 0.95)"]
         parts += [f"{name} {rate[name] / rate['synthetic']:.2f} of synthetic"
-                  for name in ("torchvision", "nvjpeg", "dali") if name in rate]
+                  for name in rate if name not in ("bare", "synthetic")]
         log(f"  {'compiled' if compiled else 'eager'}: " + "; ".join(parts) + " (nvjpeg goal >= 0.9)")
 
 
@@ -340,14 +344,16 @@ def end_to_end(args, device: torch.device, save) -> dict:
     save(result)
     result["nvjpeg_check"] = nvjpeg_check(root, args, device)
     save(result)
-    names = ["bare", "synthetic", "torchvision", "nvjpeg"] + (["dali"] if dali_installed() else [])
+    from pgt_train.data.decoders import available_backends
+    backends = [f"nvjpeg:{b}" for b in available_backends() if b != "pil"]  # pil: the CPU fallback, not timed
+    names = ["bare", "synthetic", "torchvision"] + backends + (["dali"] if dali_installed() else [])
     result["runs"] = []
     for compiled in args.modes:
         training = Training(args.model, device, compiled)
         for name in names:
             run = {"loader": name, "compile": compiled, "model": args.model, "batch": args.batch,
                    "loop": "bare" if name == "bare" else "engine",
-                   "workers": 0 if name == "bare" else args.nvjpeg_workers if name == "nvjpeg" else args.workers}
+                   "workers": 0 if name == "bare" else args.nvjpeg_workers if name.startswith("nvjpeg") else args.workers}
             try:
                 loader = e2e_loader(name, root, args, device, batch=args.batch, workers=run["workers"], n_train=n_train)
                 run.update(timed_run(training, name, loader, args, device))
