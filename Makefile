@@ -33,6 +33,11 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 # The inner loop: the tests that spawn no process and train for no more than a couple of seconds (`-m "not slow"`).
+# The Docker image for real (root; installs docker.io, starts its own dockerd; also part of `make test`).
+.PHONY: docker-test
+docker-test: setup
+	$(BIN)/python -m pytest -q tests/test_docker.py
+
 .PHONY: test-fast
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
