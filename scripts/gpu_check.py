@@ -353,7 +353,8 @@ def end_to_end(args, device: torch.device, save) -> dict:
         for name in names:
             run = {"loader": name, "compile": compiled, "model": args.model, "batch": args.batch,
                    "loop": "bare" if name == "bare" else "engine",
-                   "workers": 0 if name == "bare" else args.nvjpeg_workers if name.startswith("nvjpeg") else args.workers}
+                   "workers": (0 if name == "bare" else args.nvjpeg_workers if name.startswith("nvjpeg")
+                               else args.workers)}
             try:
                 loader = e2e_loader(name, root, args, device, batch=args.batch, workers=run["workers"], n_train=n_train)
                 run.update(timed_run(training, name, loader, args, device))
@@ -418,7 +419,8 @@ def short_training(out: Path) -> dict:
 
 # Expected minutes on one H100 (end_to_end: ~2 eager + ~1.5 for compiling + ~2.5 compiled, torchvision runs
 # being the longest at ~1 min each), used to skip a section that would end after --max-minutes.
-SECTION_MINUTES = {"exactness": 0.2, "skipped_step": 0.1, "end_to_end": 6.0, "short_training": 1.0, "throughput": 2.0, "dali": 0.5}
+SECTION_MINUTES = {"exactness": 0.2, "skipped_step": 0.1, "end_to_end": 6.0, "short_training": 1.0, "throughput": 2.0,
+                   "dali": 0.5}
 
 
 def parse_args(argv):
@@ -478,7 +480,8 @@ def main(argv=None) -> int:
             report[name] = value
         (args.out / "report.json").write_text(json.dumps(report, indent=2))
 
-    sections = {"exactness": exactness, "skipped_step": lambda: skipped_step(device), "end_to_end": lambda: end_to_end(args, device, lambda r: save("end_to_end", r)),
+    sections = {"exactness": exactness, "skipped_step": lambda: skipped_step(device),
+                "end_to_end": lambda: end_to_end(args, device, lambda r: save("end_to_end", r)),
                 "short_training": lambda: short_training(args.out), "throughput": lambda: throughput(args),
                 "dali": lambda: dali(args, args.out / "imagenet_like")}
     start = time.perf_counter()

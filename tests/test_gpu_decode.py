@@ -295,3 +295,26 @@ def test_gpu_check_cpu_smoke_runs_the_end_to_end_section(tmp_path):
         assert r["img_per_s"] > 0 and r["steps"] >= 2 and r["cpu_cores_busy"] is not None
     assert {r["loop"] for r in e2e["runs"] if r["loader"] != "bare"} == {"engine"}  # end to end = pgt-train's engine
     assert "img/s" in result.stdout and "of synthetic" in result.stdout
+
+
+def test_decoding_runs_one_batch_ahead_of_training(jpeg_folder):
+    """DecodedBatches queues batch k+1's decode (on the side stream under CUDA) before it yields batch k, and
+    yields every batch once, in order: the overlap changes nothing the trainer sees. On the CPU the side stream
+    is a no-op (SideStream.stream is None)."""
+    from pgt_train.data.gpu_decode import DecodedBatches
+    _, (enc_train, _) = datasets(jpeg_folder)
+    batches = [collate_encoded([enc_train[(i, 0)] for i in range(j, j + 3)]) for j in (0, 3, 6)]
+    decoder = BatchDecoder(enc_train, device=torch.device("cpu"))
+    calls = []
+    counting = lambda batch: calls.append(len(calls)) or decoder(batch)  # noqa: E731
+    counting.device = decoder.device
+    decoded = DecodedBatches(batches, counting, train=True)
+    assert decoded.side.stream is None
+    seen = []
+    for images, targets, _ in decoded:
+        seen.append((len(calls), targets))
+    assert [n for n, _ in seen] == [2, 3, 3]  # batch 0 comes once batch 1 is decoded
+    for (_, targets), batch in zip(seen, batches):
+        assert torch.equal(targets, batch.targets)
+    for (images, _, _), batch in zip(DecodedBatches(batches, decoder, train=True), batches):
+        assert torch.equal(images, decoder(batch)[0])

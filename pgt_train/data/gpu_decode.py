@@ -24,6 +24,7 @@ TorchLoader whose DataLoader yields encoded batches, decoded before TorchLoader 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import warnings
@@ -226,13 +227,13 @@ class BatchDecoder:
     def crop(self, images: list[torch.Tensor], boxes: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
         """The batched path (device_crop.py): decoded images -> normalised (E, 3, S, S) in one pass."""
         if self.train:
-            rows, cols = device_crop.train_spans(boxes.to(self.device), self.size)
+            rows, cols = device_crop.train_spans(boxes.to(self.device, non_blocking=True), self.size)
         else:
             sizes = torch.tensor([image.shape[1:] for image in images])  # host metadata: no device sync
-            rows, cols = device_crop.val_spans(sizes.to(self.device), self.resize, self.size)
-        return device_crop.crop_batch(images, rows, cols, flips=flips.to(self.device), size=self.size,
-                                      kind=self.kind, mean=self.mean, std=self.std, dtype=self.dtype,
-                                      channels_last=self.channels_last)
+            rows, cols = device_crop.val_spans(sizes.to(self.device, non_blocking=True), self.resize, self.size)
+        flips = flips.to(self.device, non_blocking=True)
+        return device_crop.crop_batch(images, rows, cols, flips=flips, size=self.size, kind=self.kind,
+                                      mean=self.mean, std=self.std, dtype=self.dtype, channels_last=self.channels_last)
 
     def __call__(self, batch: EncodedBatch):
         """(normalised images (N, 3, S, S) on device or None, targets, corrupt), in sampler order."""
@@ -245,11 +246,12 @@ class BatchDecoder:
         if ok:
             keep = torch.tensor(ok, dtype=torch.int64)
             at = batch.encoded_at[keep]
-            out[at.to(self.device)] = self.crop([decoded[k] for k in ok], batch.boxes[keep], batch.flips[keep])
+            crops = self.crop([decoded[k] for k in ok], batch.boxes[keep], batch.flips[keep])
+            out[at.to(self.device, non_blocking=True)] = crops
             filled[at] = True
         if len(batch.ready_at):  # decoded and cropped in a worker (the torchvision path): uint8
             ready = batch.ready.to(self.device, non_blocking=True).float().sub_(self.mean).div_(self.std)
-            out[batch.ready_at.to(self.device)] = ready.to(self.dtype)
+            out[batch.ready_at.to(self.device, non_blocking=True)] = ready.to(self.dtype)
             filled[batch.ready_at] = True
         return self._fill_failed(out, batch.targets, filled, batch.corrupt + corrupt, corrupt)
 
@@ -274,16 +276,40 @@ class BatchDecoder:
         return out, targets, all_corrupt
 
 
+class SideStream:
+    """Where batches are decoded and cropped: a side CUDA stream, so batch k+1's decode overlaps step k.
+
+    hand_over(tensor) makes the current (training) stream wait for the side stream's work queued so far and
+    marks the tensor as used by it (record_stream), so the caching allocator does not reuse its memory while
+    the training stream may still read it. No host sync. On the CPU both are no-ops and the context is empty.
+    """
+
+    def __init__(self, device: torch.device):
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def context(self):
+        return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
+
+    def hand_over(self, tensor: torch.Tensor) -> None:
+        if self.stream is None:
+            return
+        current = torch.cuda.current_stream(self.stream.device)
+        current.wait_stream(self.stream)  # records the side stream's position now: only batches queued so far
+        tensor.record_stream(current)
+
+
 class DecodedBatches:
     """Stands in for TorchLoader.loader: iterates the DataLoader of EncodedBatches and decodes each one.
 
-    TorchLoader.__iter__ then reports the corrupt files and normalises the images exactly as for its own
-    batches. Other attributes are the DataLoader's.
+    One batch ahead: batch k+1 is queued for decode and crop on a SideStream before batch k is yielded, and
+    handed over to the training stream after the trainer has queued step k. Same batches, same order (resume
+    and exactly-once validation are the DataLoader's and sampler's, unchanged). Other attributes: DataLoader's.
     """
 
     def __init__(self, loader, decoder: BatchDecoder, *, train: bool):
         self.loader, self.decoder, self.train = loader, decoder, train
         self.pending_corrupt: list = []  # from a batch whose files were all corrupt: reported with the next one
+        self.side = SideStream(decoder.device)
 
     def __iter__(self):
         # The DataLoader's iterator (which forks the workers) starts now, inside TorchLoader's SIGINT guard,
@@ -291,8 +317,10 @@ class DecodedBatches:
         return self._decoded(iter(self.loader))
 
     def _decoded(self, batches):
+        ready = None  # the batch decoded and handed over, yielded once the next one is queued
         for batch in batches:
-            images, targets, corrupt = self.decoder(batch)
+            with self.side.context():
+                images, targets, corrupt = self.decoder(batch)
             corrupt, self.pending_corrupt = self.pending_corrupt + corrupt, []
             if images is None:
                 if self.train:  # skipping would leave this rank one step behind the others under DDP
@@ -300,7 +328,12 @@ class DecodedBatches:
                                     f"{corrupt[0].path}); remove the unreadable files")
                 self.pending_corrupt = corrupt  # validation: nothing to score here
                 continue
-            yield images, targets, corrupt
+            if ready is not None:
+                yield ready  # step k is queued while batch k+1 decodes on the side stream
+            self.side.hand_over(images)
+            ready = images, targets, corrupt
+        if ready is not None:
+            yield ready
 
     def __len__(self) -> int:
         return len(self.loader)
