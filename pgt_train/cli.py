@@ -176,6 +176,19 @@ def train_locked(args: argparse.Namespace, cfg: config.Config, resume_path: Path
         print(f"{run_dir} is finished ({resume_state['epoch']}/{cfg.sched.epochs} epochs); nothing to do. To train "
               f"further, start a new run.dir with --init-from {resume_path} and its own schedule")
         return 0
+    # SIGTERM/SIGUSR1 are recorded from here on, not only once training starts: a SLURM warning that arrives
+    # while the ranks still build (seen under load: it killed them with no checkpoint) stops after the first step
+    stop = preempt.StopRequest()
+    try:
+        return run_training(args, cfg, resume_path, resume_state, init, stop=stop)
+    finally:
+        stop.restore()
+
+
+def run_training(args: argparse.Namespace, cfg: config.Config, resume_path: Path | None, resume_state: dict | None,
+                 init: dict | None, *, stop: preempt.StopRequest) -> int:
+    """Builds the run's parts, restores a resume, trains; returns the exit code (0 done, 75 preempted)."""
+    run_dir = Path(cfg.run.dir)
     info = dist.init(cfg.run.device, timeout_s=cfg.run.dist_timeout_s)
     log = print if info.is_main else (lambda *a, **k: None)
     if info.device.type == "cuda":
@@ -199,7 +212,7 @@ def train_locked(args: argparse.Namespace, cfg: config.Config, resume_path: Path
     log(banner(cfg, parts, info))
     run = trainer.Trainer(cfg, parts, info=info, run_dir=run_dir, log=log, start=start,
                           resume_totals=(resume_state or {}).get("epoch_totals"),
-                          resume_diag=(resume_state or {}).get("diagnostics"))
+                          resume_diag=(resume_state or {}).get("diagnostics"), stop=stop)
     end_epoch = cfg.sched.epochs if args.run_epochs is None else min(cfg.sched.epochs, start["epoch"] + args.run_epochs)
     exit_code = run.fit(end_epoch)
     if exit_code == 0 and run.last_metrics is not None:

@@ -95,7 +95,8 @@ class Trainer:
     """Runs epochs on built Parts; rank 0 writes, every rank takes part in the collectives."""
 
     def __init__(self, cfg: Config, parts: Parts, *, info: DistInfo, run_dir: Path, log: Callable,
-                 start: dict, resume_totals: Optional[dict] = None, resume_diag: Optional[dict] = None):
+                 start: dict, resume_totals: Optional[dict] = None, resume_diag: Optional[dict] = None,
+                 stop: Optional[preempt.StopRequest] = None):
         self.cfg, self.p, self.info, self.run_dir, self.log = cfg, parts, info, run_dir, log
         self.epoch, self.step = start["epoch"], start["step"]
         self.batches_done, self.best_top1 = start["batches_done"], start["best_top1"]
@@ -104,7 +105,7 @@ class Trainer:
         self.nonfinite_run = torch.zeros((), device=info.device, dtype=torch.int64)  # across epochs
         self.writer = writers.RunWriter(run_dir, enabled=info.is_main, completed_epochs=self.epoch,
                                         completed_steps=self.step)
-        self.stop = preempt.StopRequest()
+        self.stop = stop or preempt.StopRequest()  # fit() restores the previous handlers when it ends
         self.diag = None
         if cfg.diag.interval and info.is_main:
             self.diag = diagnostics.Diagnostics(parts.plain_model, interval=cfg.diag.interval,

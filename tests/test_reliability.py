@@ -195,3 +195,22 @@ def test_export_safetensors_loads_in_timm_and_plain(straight_run, tmp_path):
     plain.load_state_dict(load_file(str(out)))
     for k, v in saved.items():
         assert torch.equal(via_timm.state_dict()[k], v) and torch.equal(plain.state_dict()[k], v)
+
+
+def test_sigterm_while_the_run_is_still_being_built_checkpoints_after_the_first_step(tmp_path, monkeypatch, capsys):
+    """SLURM's warning can arrive before training starts (the ranks were still building under load): it is recorded
+    from the moment the run folder is locked, so the run stops after its first step with last.pth, exit 75 (before,
+    SIGTERM's default action ended the process with no checkpoint)."""
+    from pgt_train import cli, trainer
+    real_build = trainer.build_parts
+
+    def build_then_signal(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # a real signal to this process, mid-build
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "build_parts", build_then_signal)
+    previous = signal.getsignal(signal.SIGTERM)
+    run_dir = tmp_path / "run"
+    assert cli.main(tiny_run_args(run_dir, "run.log_interval=1")) == EXIT_PREEMPTED
+    assert checkpoint.load(run_dir / "last.pth")["step"] == 1
+    assert signal.getsignal(signal.SIGTERM) == previous  # handed back when the run ends
