@@ -318,3 +318,24 @@ def test_decoding_runs_one_batch_ahead_of_training(jpeg_folder):
         assert torch.equal(targets, batch.targets)
     for (images, _, _), batch in zip(DecodedBatches(batches, decoder, train=True), batches):
         assert torch.equal(images, decoder(batch)[0])
+
+
+def test_batched_crop_in_size_groups_equals_one_group(tmp_path):
+    """A batch whose padded tensor would exceed the pixel budget is cropped in groups of similar area: same output."""
+    from pgt_train.data import device_crop
+    from pgt_train.data.gpu_decode import NORM_MEAN, NORM_STD
+    root = make_jpeg_folder(tmp_path, train=2, val=1, sides=[(40, 30), (90, 71), (30, 60), (71, 71)])
+    (enc_train, _) = build_encoded_datasets(str(root), num_classes=len(CLASSES), img_size=IMG, val_resize=None,
+                                            crop_scale=(0.08, 1), crop_ratio=(3 / 4, 4 / 3), seed=1)
+    batch = collate_encoded([enc_train[(i, 0)] for i in range(len(enc_train))])
+    images, _ = BatchDecoder(enc_train, device=torch.device("cpu")).decode(batch)
+    shapes = [tuple(im.shape[1:]) for im in images]
+    budget = 2 * max(h for h, _ in shapes) * max(w for _, w in shapes)  # two of the largest per group at most
+    groups = device_crop.size_groups(shapes, budget)
+    assert len(groups) > 1 and sorted(sum(groups, [])) == list(range(len(images)))
+    assert all(len(g) * max(shapes[k][0] for k in g) * max(shapes[k][1] for k in g) <= budget for g in groups)
+    rows, cols = device_crop.train_spans(batch.boxes, IMG)
+    kw = dict(flips=batch.flips, size=IMG, kind="bilinear", mean=NORM_MEAN, std=NORM_STD, dtype=torch.float32,
+              channels_last=False)
+    assert torch.equal(device_crop.crop_batch(images, rows, cols, budget=budget, **kw),
+                       device_crop.crop_batch(images, rows, cols, **kw))

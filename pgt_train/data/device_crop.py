@@ -25,6 +25,9 @@ import warnings
 import torch
 
 FILTERS = ("bilinear", "bicubic")
+# Pixels per padded group (E_g * Hmax * Wmax): 3 channels in fp16 make 768 MiB. A batch whose padded tensor would be
+# larger (a few very large ImageNet files) is cropped in groups of similar area.
+MAX_PADDED_PIXELS = 2 ** 27
 
 
 def _filter(kind: str, x: torch.Tensor) -> torch.Tensor:
@@ -87,14 +90,46 @@ def val_spans(sizes: torch.Tensor, resize: int, crop: int) -> tuple[tuple, tuple
     return (zero, h, new_h, top), (zero, w, new_w, left)
 
 
+def size_groups(shapes: list[tuple[int, int]], budget: int) -> list[list[int]]:
+    """Indices grouped by area (host ints only) so that each group's padded size len * Hmax * Wmax <= budget
+    (a single image larger than the budget is a group of its own); one group when the whole batch fits."""
+    if len(shapes) * max(h for h, _ in shapes) * max(w for _, w in shapes) <= budget:
+        return [list(range(len(shapes)))]
+    groups, current, hmax, wmax = [], [], 0, 0
+    for k in sorted(range(len(shapes)), key=lambda k: shapes[k][0] * shapes[k][1]):
+        h, w = max(hmax, shapes[k][0]), max(wmax, shapes[k][1])
+        if current and (len(current) + 1) * h * w > budget:
+            groups.append(current)
+            current, h, w = [], shapes[k][0], shapes[k][1]
+        current.append(k)
+        hmax, wmax = h, w
+    return groups + [current]
+
+
 def crop_batch(images: list[torch.Tensor], rows: tuple, cols: tuple, *, flips: torch.Tensor, size: int,
                kind: str, mean: torch.Tensor, std: torch.Tensor, dtype: torch.dtype,
-               channels_last: bool) -> torch.Tensor:
+               channels_last: bool, budget: int = MAX_PADDED_PIXELS) -> torch.Tensor:
     """Decoded uint8 images -> normalised (E, 3, size, size) `dtype` batch: crop, resize, flip, normalise.
 
     rows/cols: spans from train_spans or val_spans; flips (E,) bool; mean/std (1, 3, 1, 1) in grey levels.
     Computes in fp16 on CUDA (pixel sums in fp32 accumulators), fp32 on the CPU.
     """
+    groups = size_groups([tuple(image.shape[1:]) for image in images], budget)
+    if len(groups) == 1:
+        out = _crop_levels(images, rows, cols, flips=flips, size=size, kind=kind)
+    else:
+        out = torch.empty((len(images), 3, size, size), device=flips.device)
+        for group in groups:
+            at = torch.tensor(group, device=flips.device)
+            out[at] = _crop_levels([images[k] for k in group], tuple(t[at] for t in rows), tuple(t[at] for t in cols),
+                                   flips=flips[at], size=size, kind=kind)
+    out = out.sub_(mean).div_(std)
+    return out.to(dtype).contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def _crop_levels(images: list[torch.Tensor], rows: tuple, cols: tuple, *, flips: torch.Tensor, size: int,
+                 kind: str) -> torch.Tensor:
+    """One padded group -> float32 (E, 3, size, size) in grey levels 0..255."""
     padded = pad_batch(images)  # (E, 3, Hmax, Wmax) uint8
     work = torch.float16 if padded.is_cuda else torch.float32
     ry = resample_weights(*rows, out_len=size, size=padded.shape[2], kind=kind)  # (E, S, Hmax)
@@ -103,6 +138,4 @@ def crop_batch(images: list[torch.Tensor], rows: tuple, cols: tuple, *, flips: t
     # Columns first, then rows, each pass rounded to uint8 levels: as PIL's and torchvision's two-pass uint8
     # resize (bicubic overshoots are clipped between the passes there too).
     wide = (padded.to(work) @ rx.to(work).transpose(1, 2)[:, None]).round_().clamp_(0, 255)  # (E, 3, Hmax, S)
-    out = (ry.to(work)[:, None] @ wide).float().round_().clamp_(0, 255)  # (E, 3, S, S)
-    out = out.sub_(mean).div_(std)
-    return out.to(dtype).contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return (ry.to(work)[:, None] @ wide).float().round_().clamp_(0, 255)  # (E, 3, S, S)
