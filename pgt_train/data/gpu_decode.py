@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from pgt_train.data import device_crop
+import pgt_train.data.device_crop as device_crop
 from pgt_train.data.decoders import get_decoder
 from pgt_train.data.folder import SeededImageFolder, build_datasets
 from pgt_train.data.torch_loader import IMAGENET_MEAN, IMAGENET_STD, CorruptSample, TorchLoader, sample_rng, sample_seed
