@@ -38,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "exported .safetensors); same as model.init_from=CKPT: optimizer, schedule and counters start fresh")
     p.add_argument("--run-epochs", type=int, metavar="N", help="train at most N epochs in this invocation, then exit 0")
     p.add_argument("--reading", metavar="paper|code", help="overlay configs/reading/<reading>.yaml on the recipe "
-                   "(before the overrides): the paper's words, or the authors' code (README, 'Two readings')")
+                   "(before the overrides): the paper's words, or the authors' code (docs/fidelity.md, 'Two readings')")
     args = p.parse_intermixed_args(argv)  # overrides may come before or after the options
     if args.init_from:
         args.overrides.append(f"model.init_from={args.init_from}")

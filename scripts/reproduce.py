@@ -13,7 +13,7 @@
 Each row trains in its own run folder with --resume auto, so rerunning the same command skips finished rows,
 resumes the interrupted one and starts the rest: <runs-root>/<reading>/<impl>/<the recipe's run.dir below
 runs/paper>, where <impl> is `nopgt` for rows without PGT (one baseline per reading, shared by every --impl).
---reading picks configs/reading/<reading>.yaml (README, "Two readings"); --impl overrides pgt.impl (default:
+--reading picks configs/reading/<reading>.yaml (docs/fidelity.md, "Two readings"); --impl overrides pgt.impl (default:
 the reading's own, exact for the paper and authors for the code). Several GPUs: python -m torch.distributed.run.
 Trailing key=value overrides apply to every row (as on pgt-train); --rows picks some rows (1-based, as printed).
 

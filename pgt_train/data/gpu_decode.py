@@ -2,7 +2,7 @@
 
 Why: on real JPEGs the torchvision loader (PIL decode + crop in workers) fed an H100 at ~1,450 img/s
 with 14 workers, while ResNet-50 trains at ~4,900; torchvision's batched nvJPEG decode ran at ~12,000
-img/s with the crops (README, "Data loaders").
+img/s with the crops (docs/data-loaders.md).
 
 Per sample, the worker opens the file's header with PIL (no decode) and reads its bytes:
   * a plain RGB (YCbCr) baseline JPEG that ends at its end-of-image marker travels as bytes, with its
