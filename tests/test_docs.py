@@ -300,3 +300,12 @@ def test_python_blocks_compile():
         for lang, body in blocks(page.read_text(encoding="utf-8")):
             if lang == "python":
                 compile(body, f"{rel(page)} (python block)", "exec")
+
+
+def test_every_config_key_is_in_the_configuration_reference():
+    """A key added to config.py without a row in docs/configuration.md fails here (data.demo.* rows as one)."""
+    from pgt_train import config
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    keys = [k for k in config.flat_settings(config.Config()) if not k.startswith("data.demo.")]
+    assert [k for k in keys if f"`{k}`" not in text] == []
+    assert "`data.demo.*`" in text
