@@ -27,7 +27,7 @@ OTHER_UID = 4321  # a non-root host user's uid for the runs that check ownership
 def say(config, line: str) -> None:
     """Measurements on the terminal even under pytest's capture."""
     with config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
-        print(f"\n[docker-test] {line}", flush=True)
+        config.pluginmanager.getplugin("terminalreporter").write_line(f"[docker-test] {line}")
 
 
 def sh(*cmd, env=None, timeout=1800, check=True) -> subprocess.CompletedProcess:
@@ -81,7 +81,8 @@ def outside(tmp_path_factory):
     """The shortened demo run outside any container (the host's .venv): it generates the JPEGs that every
     container then reads from a read-only mount, and is the reference for the run inside."""
     tmp = tmp_path_factory.mktemp("outside")
-    sh(REPO / ".venv" / "bin" / "pgt-train", *DEMO, f"run.dir={tmp / 'run'}", f"data.root={tmp / 'data' / 'docker-demo'}")
+    sh(REPO / ".venv" / "bin" / "pgt-train", *DEMO, f"run.dir={tmp / 'run'}",
+       f"data.root={tmp / 'data' / 'docker-demo'}")
     return tmp / "data", tmp / "run"
 
 
@@ -165,7 +166,8 @@ def test_pgt_torchrun_two_ranks_in_container(docker_env, outside, tmp_path):
     data, runs = outside[0], tmp_path / "runs"
     runs.mkdir()
     got = docker_run(docker_env, "--standalone", "--nproc_per_node=2", "-m", "pgt_train", *DEMO,
-                     "sched.epochs=1", "run.dir=runs/ddp", user=os.getuid(), entry="pgt-torchrun",
+                     "sched.epochs=1", "sched.warmup_epochs=0", "run.dir=runs/ddp", user=os.getuid(),
+                     entry="pgt-torchrun",
                      opts=("--init", "--ipc=host", "-e", "OMP_NUM_THREADS=1"),
                      mounts={runs: "/workspace/runs", data: "/workspace/data:ro"})
     assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-3000:]
