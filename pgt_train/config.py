@@ -311,7 +311,7 @@ RecipeLoader.add_implicit_resolver(
 def _parse_yaml(text: str, where: str):
     """The YAML value of `text`, or ConfigError naming `where` (a file, or an override) and the line."""
     try:
-        return yaml.load(text, Loader=RecipeLoader)
+        return yaml.load(text, Loader=RecipeLoader)  # a yaml.SafeLoader (no aliases, depth and key checks)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f"{where}:{mark.line + 1}" if mark else where
@@ -418,7 +418,7 @@ def _apply_override(tree: dict, item: str) -> dict:
     if not sep or not key.strip():
         raise ConfigError(f"override '{item}' must look like key.sub=value, e.g. optim.lr=0.2")
     try:
-        value = yaml.load(raw, Loader=RecipeLoader) if raw.strip() else None
+        value = yaml.load(raw, Loader=RecipeLoader) if raw.strip() else None  # RecipeLoader: a yaml.SafeLoader
     except RefusedYAML as e:
         raise ConfigError(f"override {key.strip()}: {e.problem}") from None
     except (yaml.YAMLError, ValueError, OverflowError):
