@@ -21,19 +21,28 @@ SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class StopRequest:
-    """Records SIGTERM/SIGUSR1 from creation until restore(), which puts the previous handlers back: a
-    process forked later (a multiprocessing pool after the run) must not inherit a handler that only records
-    and so never lets Pool.terminate() end it."""
+    """Records SIGTERM/SIGUSR1 in the process that made it, from creation until restore(), which puts the
+    previous handlers back.
+
+    A process forked meanwhile (the demo generator's multiprocessing pool, while the run builds) inherits the
+    handler, but for it the signal means what it meant before: Pool.terminate() SIGTERMs its workers and
+    then waits for them, so a worker that only recorded it hung the run forever (seen in CI under load)."""
 
     def __init__(self):
         self.signum: int | None = None
-        self.previous = {s: signal.signal(s, self._record) for s in SIGNALS}
+        self.pid = os.getpid()
+        # None: a handler not set from Python; SIG_DFL is what Python starts with for these two
+        self.previous = {s: signal.signal(s, self._record) or signal.SIG_DFL for s in SIGNALS}
 
     def restore(self) -> None:
         for s, handler in self.previous.items():
             signal.signal(s, handler)
 
     def _record(self, signum, _frame) -> None:
+        if os.getpid() != self.pid:  # a forked child: the previous handler (default: exit), delivered again
+            signal.signal(signum, self.previous[signum])
+            os.kill(os.getpid(), signum)
+            return
         self.signum = signum
 
     def agreed(self, step: int | None, info: DistInfo, device: torch.device, sync_every: int = 1) -> bool:

@@ -3,6 +3,7 @@
 the shortened demo (compared with the same run outside), `docker stop` mid-epoch then `--resume auto`,
 pgt-torchrun with 2 ranks, pgt-report. Skipped, with the reason, only when docker.io cannot be installed."""
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -30,8 +31,22 @@ def say(config, line: str) -> None:
         config.pluginmanager.getplugin("terminalreporter").write_line(f"[docker-test] {line}")
 
 
-def sh(*cmd, env=None, timeout=1800, check=True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(c) for c in cmd], env=env, capture_output=True, text=True, timeout=timeout)
+def sh(*cmd, env=None, timeout=600, check=True) -> subprocess.CompletedProcess:
+    """`cmd`'s exit code and output. Past `timeout` it gets SIGABRT first: a Python under PYTHONFAULTHANDLER=1
+    (the outside run) then prints every thread's stack, so a hang in CI says where it hung."""
+    with subprocess.Popen([str(c) for c in cmd], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as child:
+        try:
+            out, err = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGABRT)  # our own child, by its pid
+            try:
+                out, err = child.communicate(timeout=30)
+            except subprocess.TimeoutExpired:  # its own children may hold the pipes: give up on them
+                child.kill()
+                out, err = "", "(still running 30 s after SIGABRT: killed, output lost)"
+            raise AssertionError(f"{cmd} still running after {timeout} s\n{out[-3000:]}\n{err[-8000:]}") from None
+    proc = subprocess.CompletedProcess(child.args, child.returncode, out, err)
     if check and proc.returncode:
         raise AssertionError(f"{cmd} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -65,7 +80,7 @@ def docker_env(request):
         sh(ENGINE, "down", CACHE, check=False)
 
 
-def docker_run(env, *args, user, mounts, opts=(), name=None, entry=None, detach=False, timeout=1200):
+def docker_run(env, *args, user, mounts, opts=(), name=None, entry=None, detach=False, timeout=600):
     """`docker run` as the tests' users run it: host network, --user UID:GID, folders mounted."""
     cmd = ["docker", "run", "--network=host", "--user", f"{user}:{user}", *opts]
     cmd += ["-d"] if detach else ["--rm"]
@@ -82,7 +97,7 @@ def outside(tmp_path_factory):
     container then reads from a read-only mount, and is the reference for the run inside."""
     tmp = tmp_path_factory.mktemp("outside")
     sh(REPO / ".venv" / "bin" / "pgt-train", *DEMO, f"run.dir={tmp / 'run'}",
-       f"data.root={tmp / 'data' / 'docker-demo'}")
+       f"data.root={tmp / 'data' / 'docker-demo'}", env={**os.environ, "PYTHONFAULTHANDLER": "1"})
     return tmp / "data", tmp / "run"
 
 

@@ -215,6 +215,8 @@ def write_dataset(out, params, workers):
     if workers > 1:
         with multiprocessing.Pool(workers) as pool:
             pool.map(write_image, jobs, chunksize=64)
+            pool.close()  # the workers end on their own, so the with's terminate() has no one left to signal
+            pool.join()
     else:
         for job in jobs:
             write_image(job)
