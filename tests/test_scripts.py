@@ -31,3 +31,16 @@ def test_gpu_check_says_in_one_line_that_cuda_is_absent(tmp_path):
         "gpu_check: CUDA is not available on this machine; nothing measured (report.json says so)"]
     assert json.loads((out / "report.json").read_text())["cuda_available"] is False
     assert (out / "gpu_check.log").read_text().strip().startswith("gpu_check: CUDA is not available")
+
+
+def test_gpu_check_plan_fits_its_minutes_with_the_issue_sections_first():
+    """Issue 17: one run within 8 minutes; what it asks for (exactness, the skipped step, end to end, DALI) runs
+    before the extras (throughput, short_training), which the time guard may skip."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    args = gpu_check.parse_args([])
+    assert args.max_minutes == 8.0 and sum(gpu_check.SECTION_MINUTES.values()) <= args.max_minutes
+    assert args.sections[:4] == ["exactness", "skipped_step", "end_to_end", "dali"]
+    assert sorted(args.sections) == sorted(gpu_check.SECTION_MINUTES)
