@@ -137,6 +137,7 @@ def preflight(args: argparse.Namespace, cfg: config.Config) -> tuple[Path | None
     check_run_dir(run_dir, resume_path, resume_auto=args.resume == "auto", cfg=cfg)
     check_setup(cfg)
     data.check_folders(cfg.data, num_classes=cfg.model.num_classes)  # before a model of num_classes is built
+    data.check_decoder(cfg.data)
     if resume_path is None:
         return None, None
     state = checkpoint.load(resume_path)

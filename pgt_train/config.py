@@ -80,6 +80,8 @@ class DataConfig:
     train_size: int = 12800  # synthetic only: images per epoch
     val_size: int = 1000  # synthetic only
     dali_device: Optional[str] = None  # gpu | cpu; None: gpu when CUDA is present
+    # data.loader nvjpeg's JPEG decoder (pgt_train/data/decoders.py): auto (the first that imports) or a backend
+    decoder: str = "auto"
     skip_corrupt: bool = True  # an undecodable image is skipped with a warning (False: stop with an error)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
@@ -180,6 +182,9 @@ CHOICES = {
     "model.norm": ("bn", "none"),
     "data.loader": ("torchvision", "nvjpeg", "dali", "synthetic"),
     "data.dali_device": ("gpu", "cpu", None),
+    # auto, then decoders.BACKENDS' names (not imported: the data package imports this module;
+    # tests/test_config.py holds the two lists equal)
+    "data.decoder": ("auto", "torchvision", "torchcodec", "pil"),
     "sched.name": ("step", "cosine"),
     "sched.update": ("step", "epoch"),
     "pgt.impl": PGT_IMPLS,  # one list, kept in pgt.py beside the implementations
@@ -544,6 +549,9 @@ def _validate_data(cfg: Config) -> None:
     if cfg.data.val_resize is not None and cfg.data.val_resize < cfg.data.img_size:
         _fail("data.val_resize", f"{cfg.data.val_resize} is below data.img_size ({cfg.data.img_size}): the val "
                                  f"center crop must fit inside the resized image")
+    if cfg.data.decoder != "auto" and cfg.data.loader != "nvjpeg":
+        _fail("data.decoder", f"chooses data.loader nvjpeg's decoder; with data.loader {cfg.data.loader} it would "
+                              f"be ignored: set data.loader: nvjpeg, or leave data.decoder at auto")
     if cfg.data.loader != "synthetic" and not cfg.data.root:
         _fail("data.root", f"is required for data.loader: {cfg.data.loader} (a folder holding train/ and val/)")
     demo = cfg.data.demo
@@ -624,7 +632,7 @@ NOT_DEFINING = (
     "run.",  # folder, device, compile, progress, checkpoint cadence, non-finite patience
     "diag.",  # diagnostics measure the model; they do not change it
     "data.root",  # where the images lie; which data it is shows in model.num_classes, data.img_size, data.demo.*
-    "data.workers", "data.dali_device", "data.skip_corrupt",
+    "data.workers", "data.dali_device", "data.decoder", "data.skip_corrupt",
     # The same global batch per optimizer step. Like the GPU count (which no config records), it changes only
     # how many images each BatchNorm sees at once.
     "data.accum_steps",

@@ -53,8 +53,11 @@ def build_parts(cfg: Config, info: DistInfo, *, init_weights: Optional[dict] = N
     if init_weights is not None:
         checkpoint.load_model_weights(model, init_weights, source=init_source, model_name=cfg.model.name)
     seed_all(cfg.seed + 1000 * info.rank)  # per-rank streams from here on
+    # fp16 autocast: the device loaders (nvjpeg, dali) normalise straight into fp16, which the first conv takes
+    images_dtype = torch.float16 if amp_dtype == torch.float16 else torch.float32
     train_loader, val_loader = data.build_loaders(cfg.data, num_classes=cfg.model.num_classes, seed=cfg.seed,
-                                                  dist=info, channels_last=channels_last, model_name=cfg.model.name)
+                                                  dist=info, channels_last=channels_last, model_name=cfg.model.name,
+                                                  dtype=images_dtype)
     model, plain_model = models.prepare(model, device=device, channels_last=channels_last, sync_bn=cfg.model.sync_bn,
                                         world_size=info.world_size, compile=cfg.run.compile)
     steps_per_epoch = len(train_loader) // cfg.data.accum_steps

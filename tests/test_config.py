@@ -152,3 +152,16 @@ def test_alpha_range_is_the_pgt_library_rule():
 def test_num_classes_upper_bound_refuses_before_any_build():
     with pytest.raises(ConfigError, match=r"model.num_classes: must lie in \[2, 100000\], got 100000000"):
         config.load(None, SYNTH + ["model.num_classes=100000000"])
+
+
+def test_decoder_choices_are_the_decoder_backends():
+    """config cannot import decoders.py (the data package imports config): the two lists are held equal here."""
+    from pgt_train.config import CHOICES
+    from pgt_train.data.decoders import BACKENDS
+    assert CHOICES["data.decoder"] == ("auto", *BACKENDS)
+
+
+def test_decoder_outside_the_nvjpeg_loader_is_refused():
+    from pgt_train.config import load
+    with pytest.raises(ConfigError, match="data.decoder: chooses data.loader nvjpeg's decoder"):
+        load("/dev/null", ["data.loader=torchvision", "data.root=/tmp", "data.decoder=pil"])

@@ -121,3 +121,42 @@ def test_train_crop_reaches_the_train_loader(tmp_path, jpeg_folder):
         assert cli.main(args) == 0
         weights.append(final_weights(run_dir))
     assert "fc.weight" in differing(*weights)
+
+
+def tiny_config(*overrides: str, **kwargs):
+    from pgt_train import config
+    argv = tiny_run_args(None, *overrides, **kwargs)
+    assert argv[:2] == ["--config", "/dev/null"]
+    return config.load("/dev/null", argv[2:])
+
+
+def test_decoder_reaches_the_nvjpeg_loader(jpeg_folder):
+    """data.decoder picks the nvjpeg loader's JPEG decoder (auto: the first that imports, torchvision here)."""
+    from pgt_train import trainer
+    from pgt_train.dist import DistInfo
+    for decoder, expected in (("pil", "pil"), ("torchvision", "torchvision"), ("auto", "torchvision")):
+        cfg = tiny_config("data.loader=nvjpeg", f"data.decoder={decoder}", root=jpeg_folder, model="resnet10t",
+                          classes=3)
+        parts = trainer.build_parts(cfg, DistInfo())
+        assert parts.train_loader.loader.decoder.backend == expected
+        assert parts.val_loader.loader.decoder.backend == expected
+
+
+class Built(Exception):
+    pass
+
+
+@pytest.mark.parametrize("amp, expected", [("fp16", torch.float16), ("bf16", torch.float32), ("none", torch.float32)])
+def test_fp16_autocast_asks_the_device_loaders_for_fp16_images(monkeypatch, amp, expected):
+    """On CUDA with amp.dtype fp16, the loaders that normalise on the device (nvjpeg, DALI) emit fp16 themselves."""
+    from pgt_train import data, trainer
+    from pgt_train.dist import DistInfo
+    seen = {}
+
+    def build_loaders(*args, **kwargs):
+        seen.update(kwargs)
+        raise Built  # the model is on the CPU: stop before anything moves to CUDA
+    monkeypatch.setattr(data, "build_loaders", build_loaders)
+    with pytest.raises(Built):
+        trainer.build_parts(tiny_config(f"amp.dtype={amp}", model="resnet10t"), DistInfo(device=torch.device("cuda")))
+    assert seen["dtype"] == expected and seen["channels_last"] is True

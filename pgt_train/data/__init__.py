@@ -10,6 +10,8 @@ import dataclasses
 import math
 from pathlib import Path
 
+import torch
+
 from pgt_train.config import DataConfig
 from pgt_train.data.base import Loader, check_train_size  # noqa: F401  (the loader contract)
 from pgt_train.dist import DistInfo, barrier
@@ -32,6 +34,17 @@ def check_folders(cfg: DataConfig, *, num_classes: int) -> None:
         return
     from pgt_train.data.folder import check_folder
     check_folder(Path(cfg.root).expanduser(), num_classes)
+
+
+def check_decoder(cfg: DataConfig) -> None:
+    """data.decoder imports here (data.loader nvjpeg), checked before anything is built or written (cli.preflight)."""
+    if cfg.loader != "nvjpeg" or cfg.decoder == "auto":
+        return
+    from pgt_train.data.decoders import get_decoder
+    try:
+        get_decoder(cfg.decoder)
+    except ImportError as e:
+        raise UserError(f"data.decoder: {e}") from None
 
 
 def prepare_demo(cfg: DataConfig, dist: DistInfo) -> None:
@@ -66,15 +79,18 @@ def resolve_val_resize(cfg: DataConfig, model_name: str | None) -> DataConfig:
 
 
 def build_loaders(cfg: DataConfig, *, num_classes: int, seed: int, dist: DistInfo, channels_last: bool,
-                  model_name: str | None = None):
+                  model_name: str | None = None, dtype: torch.dtype = torch.float32):
     """Returns (train_loader, val_loader) for data.loader: torchvision | nvjpeg | synthetic | dali.
-    model_name resolves data.val_interpolation: model (resolve_val_resize)."""
+    model_name resolves data.val_interpolation: model (resolve_val_resize). dtype: the images' dtype where the
+    loader normalises on the device itself (nvjpeg, dali: float16 for fp16 autocast, no cast in torch); the CPU
+    loaders' batches stay float32 (autocast casts them in the first layer)."""
     cfg = resolve_val_resize(cfg, model_name)
     batch = per_rank_batch(cfg.batch_size, dist.world_size, cfg.accum_steps)
     if cfg.loader == "dali":
         from pgt_train.data.dali import build_dali_loaders
         return build_dali_loaders(cfg, batch_size=batch, num_classes=num_classes, seed=seed, dist=dist,
-                                  channels_last=channels_last)
+                                  channels_last=channels_last,
+                                  output_dtype=str(dtype).removeprefix("torch."))  # dali.OUTPUT_DTYPES
     from pgt_train.data.torch_loader import TorchLoader
     if cfg.loader == "synthetic":
         from pgt_train.data.synthetic import SyntheticImages
@@ -94,4 +110,6 @@ def build_loaders(cfg: DataConfig, *, num_classes: int, seed: int, dist: DistInf
     check_train_size(len(train_set), cfg)
     common = dict(batch_size=batch, rank=dist.rank, world_size=dist.world_size, seed=seed, workers=cfg.workers,
                   device=dist.device, channels_last=channels_last, skip_corrupt=cfg.skip_corrupt)
+    if cfg.loader == "nvjpeg":
+        common.update(decoder=cfg.decoder, dtype=dtype)
     return TorchLoader(train_set, train=True, **common), TorchLoader(val_set, train=False, **common)
