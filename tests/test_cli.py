@@ -102,3 +102,20 @@ def test_compiled_training_with_pgt_saves_plain_keys(tmp_path):
     assert result.returncode == 0, result.stderr
     keys = torch.load(run_dir / "last.pth", weights_only=True)["model"].keys()
     assert "conv1.weight" in keys and not any(k.startswith(("_orig_mod.", "module.")) for k in keys)
+
+
+def test_a_decoder_that_does_not_import_exits_2_before_anything_is_written(jpeg_folder, tmp_path, monkeypatch, capsys):
+    """data.decoder names a backend whose package is missing (here: torchcodec's loader made to fail as it does
+    without the extra): one line naming the key, exit 2, no run folder."""
+    from pgt_train import cli
+    from pgt_train.data import decoders
+
+    def missing():
+        raise ImportError("No module named 'torchcodec'")
+    monkeypatch.setitem(decoders.BACKENDS, "torchcodec", missing)
+    run_dir = tmp_path / "run"
+    assert cli.main(tiny_run(jpeg_folder, run_dir) + ["data.loader=nvjpeg", "data.decoder=torchcodec"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pgt-train: error: data.decoder: JPEG decoder 'torchcodec' does not import here") and \
+        err.count("\n") == 1, err
+    assert not run_dir.exists()
