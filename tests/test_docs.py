@@ -18,7 +18,6 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -130,9 +129,15 @@ def segments(command: str) -> list[list[str]]:
     return stripped
 
 
+def pyproject() -> dict:
+    """pyproject.toml's [project] table (tomllib is Python 3.11+; pyproject allows 3.10, where these checks skip)."""
+    tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11's tomllib")
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+
+
 def console_script(name: str):
     """The function pyproject.toml's [project.scripts] names for a console script."""
-    target = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"][name]
+    target = pyproject()["scripts"][name]
     module, _, func = target.partition(":")
     return getattr(importlib.import_module(module), func)
 
@@ -192,7 +197,7 @@ def check_make(args: list[str], *, where: str) -> None:
 
 
 def check_pip(args: list[str], *, where: str) -> None:
-    extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    extras = pyproject()["optional-dependencies"]
     for arg in args:
         m = re.fullmatch(r"\.\[([\w,-]+)\]", arg)
         for extra in (m.group(1).split(",") if m else []):
