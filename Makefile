@@ -35,7 +35,7 @@ demo: setup-demo
 DOCKER_LOG ?= $(or $(TMPDIR),/tmp)/pgt-train-docker-test.log
 test: setup
 	@$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_docker.py > $(DOCKER_LOG) 2>&1 & docker_pid=$$!; \
-	$(BIN)/python -m pytest -q --ignore=tests/test_docker.py; suite=$$?; \
+	$(BIN)/python -m pytest -q --durations=15 --ignore=tests/test_docker.py; suite=$$?; \
 	wait $$docker_pid; docker=$$?; \
 	echo "--- tests/test_docker.py (run beside the suite; log $(DOCKER_LOG)) ---"; cat $(DOCKER_LOG); \
 	echo "make test: suite exit $$suite, docker test exit $$docker"; \
