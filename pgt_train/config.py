@@ -184,7 +184,7 @@ CHOICES = {
     "data.dali_device": ("gpu", "cpu", None),
     # auto, then decoders.BACKENDS' names (not imported: the data package imports this module;
     # tests/test_config.py holds the two lists equal)
-    "data.decoder": ("auto", "torchvision", "torchcodec", "pil"),
+    "data.decoder": ("auto", "torchvision", "torchcodec", "pil", "nvimgcodec"),
     "sched.name": ("step", "cosine"),
     "sched.update": ("step", "epoch"),
     "pgt.impl": PGT_IMPLS,  # one list, kept in pgt.py beside the implementations

@@ -160,3 +160,18 @@ def test_fp16_autocast_asks_the_device_loaders_for_fp16_images(monkeypatch, amp,
     with pytest.raises(Built):
         trainer.build_parts(tiny_config(f"amp.dtype={amp}", model="resnet10t"), DistInfo(device=torch.device("cuda")))
     assert seen["dtype"] == expected and seen["channels_last"] is True
+
+
+def test_nvimgcodec_decodes_the_nvjpeg_loaders_batches(jpeg_folder):
+    """data.decoder nvimgcodec (opt-in) through the whole nvjpeg loader on the CPU: a normalised batch."""
+    pytest.importorskip("nvidia.nvimgcodec", reason="nvidia-nvimgcodec-cu12 is not installed (the DALI extra brings it)")
+    from pgt_train import trainer
+    from pgt_train.dist import DistInfo
+    cfg = tiny_config("data.loader=nvjpeg", "data.decoder=nvimgcodec", root=jpeg_folder, model="resnet10t",
+                      classes=3, img_size=32, batch=6)
+    parts = trainer.build_parts(cfg, DistInfo())
+    assert parts.train_loader.loader.decoder.backend == "nvimgcodec"
+    parts.train_loader.set_epoch(0)
+    images, targets = next(iter(parts.train_loader))
+    assert images.shape == (6, 3, 32, 32) and images.dtype == torch.float32 and targets.shape == (6,)
+    assert images.abs().max() < 5 and images.std() > 0.1  # normalised pixels, not zeros
