@@ -78,6 +78,8 @@ def docker_env(request):
         yield env
     finally:
         sh(ENGINE, "down", CACHE, check=False)
+        left = [line for line in Path("/proc/mounts").read_text().splitlines() if f" {CACHE}/" in line]
+        assert not left, f"engine.sh down left mounts under {CACHE}: {left}"
 
 
 def docker_run(env, *args, user, mounts, opts=(), name=None, entry=None, detach=False, timeout=600):

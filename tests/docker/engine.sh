@@ -4,7 +4,8 @@
 #   up       dockerd with data and exec roots under CACHE_DIR (default /var/cache/pgt-train-docker, outside the
 #            repo, so the base image survives between runs), its own socket, --iptables=false --bridge=none
 #            (the host's network is left alone; builds and containers use --network=host). Prints DOCKER_HOST.
-#   down     stops the dockerd this script started, by its pid file, and only that one.
+#   down     stops the dockerd this script started, by its pid file, and only that one, then unmounts what
+#            it left mounted under CACHE_DIR (exec/netns/default).
 set -euo pipefail
 cmd=$1 cache=${2:-/var/cache/pgt-train-docker}
 sock=$cache/docker.sock pidf=$cache/dockerd.pid
@@ -30,6 +31,9 @@ down)
   pid=$(cat "$pidf")
   kill -TERM "$pid" 2>/dev/null || { rm -f "$pidf"; exit 0; }
   for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+  # dockerd bind-mounts the host's network namespace here and leaves the mount behind when it ends
+  netns=$cache/exec/netns/default
+  if ! kill -0 "$pid" 2>/dev/null && mountpoint -q "$netns"; then umount "$netns"; fi
   ;;
 *) echo "usage: $0 install|up|down [CACHE_DIR]" >&2; exit 2 ;;
 esac
