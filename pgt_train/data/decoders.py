@@ -202,11 +202,18 @@ def _install_hint(name: str) -> str:
     return f"pip install 'pgt-train[{name}]' or " if name in ("torchcodec", "nvimgcodec") else ""
 
 
+def resolve_backend(name: str) -> str:
+    """The backend `name` stands for: itself, or for `auto` the first available that is not OPT_IN."""
+    if name != "auto":
+        return name
+    return [b for b in available_backends() if b not in OPT_IN][0]  # pil always imports
+
+
 def get_decoder(name: str = "auto") -> Callable[[list[torch.Tensor], torch.device], list[torch.Tensor]]:
     """decode(files, device) for backend `name`; `auto`: the first available that is not OPT_IN. ValueError for an
     unknown name, ImportError (with what to install) for a known one that does not import."""
     if name == "auto":
-        return get_decoder([b for b in available_backends() if b not in OPT_IN][0])  # pil always imports
+        return get_decoder(resolve_backend(name))
     if name not in BACKENDS:
         raise ValueError(f"unknown JPEG decoder {name!r}; choose auto or one of {sorted(BACKENDS)}")
     try:

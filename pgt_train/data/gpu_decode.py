@@ -37,7 +37,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 import pgt_train.data.device_crop as device_crop
-from pgt_train.data.decoders import available_backends, get_decoder
+from pgt_train.data.decoders import get_decoder, resolve_backend
 from pgt_train.data.folder import SeededImageFolder, build_datasets
 from pgt_train.data.torch_loader import IMAGENET_MEAN, IMAGENET_STD, CorruptSample, TorchLoader, sample_rng, sample_seed
 from pgt_train.preempt import children_ignore_sigint
@@ -187,8 +187,8 @@ class BatchDecoder:
                  mean: torch.Tensor = NORM_MEAN, std: torch.Tensor = NORM_STD, dtype: torch.dtype = torch.float32,
                  channels_last: bool = False):
         self.dataset, self.device = dataset, device
-        self.decode_files = get_decoder(decoder)  # decoders.py: torchvision, torchcodec or PIL
-        self.backend = available_backends()[0] if decoder == "auto" else decoder  # the one decoding, by name
+        self.backend = resolve_backend(decoder)  # the one decoding, by name (decoders.py)
+        self.decode_files = get_decoder(self.backend)
         transforms = dataset.folder.transform.transforms
         self.train = dataset.train
         crop = transforms[0]  # the torchvision path's RandomResizedCrop object (train)
