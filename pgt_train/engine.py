@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from timm.utils import dispatch_clip_grad
 from tqdm import tqdm
 
+from pgt_train import calibration
 from pgt_train.dist import all_reduce_max, all_reduce_sum
 from pgt_train.errors import UserError
 from pgt_train.optim import current_lr
@@ -172,14 +173,17 @@ def _optimizer_step(optimizer, scaler: torch.amp.GradScaler, opts: StepOptions, 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: Iterable, *, device: torch.device,
-             amp_dtype: Optional[torch.dtype] = None) -> dict:
-    """Cross-entropy, top-1/top-5 and logit statistics over every val image exactly once, summed over ranks.
+             amp_dtype: Optional[torch.dtype] = None, alpha: Optional[float] = None) -> dict:
+    """Cross-entropy, top-1/top-5, logit statistics and calibration (pgt_train.calibration: of softmax(z), and of
+    softmax(alpha·z) when alpha is given) over every val image exactly once, summed over ranks.
 
-    Targets of -1 are padding (DALI's last batch) and count nowhere.
+    Targets of -1 are padding (DALI's last batch) and count nowhere. "reliability" holds the per-bin sums
+    (calibration.finish) for the reliability diagram.
     """
     model.eval()
     # [sum CE, top-1 hits, top-5 hits, images, sum of per-image logit L2 norms, sum z, sum z^2, entries]
     sums = torch.zeros(8, device=device, dtype=torch.float64)
+    calib = torch.zeros(calibration.sums_size(alpha), device=device, dtype=torch.float64)
     logit_max = torch.full((1,), -float("inf"), device=device, dtype=torch.float64)
     for images, targets in loader:
         with autocast(device, amp_dtype):
@@ -192,15 +196,18 @@ def evaluate(model: torch.nn.Module, loader: Iterable, *, device: torch.device,
             torch.ones_like(keep), logits.norm(dim=1), logits.sum(1), logits.square().sum(1),
             torch.full_like(keep, logits.shape[1])], dim=1)  # (B, 8)
         sums += (per_image * keep[:, None]).sum(0)
+        calib += calibration.batch_sums(logits, targets, keep, calibration.fit_half(images), alpha)
         logit_max = torch.maximum(logit_max, torch.where(keep[:, None] > 0, logits, -float("inf")).max().view(1))
-    ce, top1, top5, n, norm_sum, z_sum, z2_sum, entries = all_reduce_sum(sums).tolist()
+    reduced = all_reduce_sum(torch.cat([sums, calib]))  # one collective for every sum
+    ce, top1, top5, n, norm_sum, z_sum, z2_sum, entries = reduced[:8].tolist()
     if n == 0:  # the same verdict on every rank (summed); a top-1 of 0 would be logged, saved as best and reported
         raise UserError("validation scored no image: every val image was unreadable or skipped (see the warnings "
                         "above), so this epoch has no result; fix or replace data.root/val (nothing of this epoch "
                         "was saved)")
     n_safe, e_safe = max(n, 1), max(entries, 1)
     mean = z_sum / e_safe
-    return {
+    calibration_metrics, reliability = calibration.finish(reduced[8:], alpha)
+    return {**calibration_metrics, "reliability": reliability,
         "val_loss": ce / n_safe, "val_top1": 100 * top1 / n_safe, "val_top5": 100 * top5 / n_safe,
         "val_images": int(n), "logit_norm": norm_sum / n_safe, "logit_mean": mean,
         "logit_max": all_reduce_max(logit_max).item(), "logit_var": z2_sum / e_safe - mean * mean,

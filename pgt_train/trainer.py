@@ -145,7 +145,7 @@ class Trainer:
         engine.check_nonfinite(self.nonfinite_run, p.opts.max_nonfinite_steps, f"end of epoch {epoch + 1}")
         t_eval = time.perf_counter()
         metrics.update(engine.evaluate(p.plain_model, p.val_loader, device=self.info.device,
-                                       amp_dtype=p.opts.amp_dtype))
+                                       amp_dtype=p.opts.amp_dtype, alpha=cfg.pgt.alpha))
         corrupt = sum(loader.take_corrupt_count() for loader in (p.train_loader, p.val_loader))
         metrics["corrupt_images"] = int(dist.all_reduce_sum(torch.tensor([corrupt], device=self.info.device)).item())
         # training time of the whole epoch (before a resume too) + this evaluation
