@@ -176,3 +176,10 @@ def test_a_run_writes_the_calibration_columns(tmp_path):
     events = EventAccumulator(str(run_dir / "tb"))
     events.Reload()
     assert [e.step for e in events.Scalars("val/ece_alpha")] == [1, 2]
+    # pgt-report: the calibration table and the reliability diagram
+    from pgt_train.report.cli import main as report_main
+    assert report_main([str(run_dir), "--out", str(tmp_path / "report")]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    line = next(ln for ln in md.split("## Calibration", 1)[1].splitlines() if ln.startswith("| run |"))
+    assert line.startswith(f"| run | 0.3 | 1 | {float(rows[-1]['val_loss']):.3f} | {float(rows[-1]['val_ece']):.3f} |")
+    assert "![Reliability diagram" in md and (tmp_path / "report" / "reliability.png").stat().st_size > 0
