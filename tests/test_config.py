@@ -96,28 +96,27 @@ def test_exponent_floats_read_as_numbers(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# numeric ranges: one table (config.RANGES) for every int and float key
+# numeric ranges: every int and float key has a range on its field (config.RANGES gathers them)
 
 
 def test_every_numeric_key_has_a_range_and_its_default_lies_inside():
-    fields = {key: value for key, _, value in config.numeric_fields(config.Config())}
-    optional_numbers = {"data.val_resize", "pgt.alpha"}  # null by default
-    assert set(fields) | optional_numbers == set(config.RANGES), "add the new numeric key to config.RANGES"
-    for key, value in fields.items():
+    numeric = {k.name for k in config.keys(config.Config) if config.number_type(k.type)}
+    assert {"data.val_resize", "pgt.alpha"} <= numeric  # null by default, numbers too
+    assert numeric == set(config.RANGES), "give the new numeric key a range=... on its param()"
+    for key, _, value in config.numeric_fields(config.Config()):
         assert config.in_range(value, config.RANGES[key]), (key, value, config.RANGES[key])
 
 
 def outside(text: str, integer: bool) -> list:
     """Values just outside each end of an interval: the bound itself where it is open, one unit past where closed."""
-    lo, hi, lo_open, hi_open = config.interval(text)
+    lo, hi, lo_open, hi_open = config.parse_range(text)
     step = 1 if integer else max(1e-6, 1e-6 * abs(hi))
     return [lo if lo_open else lo - step, hi if hi_open else hi + step]
 
 
 @pytest.mark.parametrize("key", sorted(config.RANGES))
 def test_each_range_is_enforced_at_both_ends(key):
-    example = config.Config(pgt=config.PGTConfig(alpha=0.5), data=config.DataConfig(val_resize=256))
-    integer = isinstance(next(v for k, _, v in config.numeric_fields(example) if k == key), int)
+    integer = next(config.number_type(k.type) for k in config.keys(config.Config) if k.name == key) is int
     for value in outside(config.RANGES[key], integer):
         value = int(value) if integer else float(value)
         text = f"[{value}, {value}]" if key in ("data.crop_scale", "data.crop_ratio") else (
