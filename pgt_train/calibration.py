@@ -141,7 +141,7 @@ def finish(sums: torch.Tensor, alpha: Optional[float]) -> tuple[dict, dict]:
     nll = s[offset:offset + 2 * g].reshape(g, 2)
     grid_bins = s[offset + 2 * g:offset + g * (2 + 3 * N_BINS)].reshape(g, 3, N_BINS)
     n_fit, n_eval = s[-2:]
-    if n_fit == 0 or n_eval == 0:  # e.g. a val set of one image: no split to fit and score on
+    if n_fit == 0 or n_eval == 0 or not np.isfinite(nll).all():  # one image, or non-finite logits: no fit
         metrics.update(val_temp_fit=float("nan"), val_nll_tscaled=float("nan"), val_ece_tscaled=float("nan"))
         return metrics, reliability
     best = int(np.argmin(nll[:, 0]))
