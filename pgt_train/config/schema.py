@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import yaml
 
 from pgt_train.config.fields import keys, param, section
-from pgt_train.pgt import AUTHORS_FP16 as PGT_AUTHORS_FP16, IMPLS as PGT_IMPLS
+from pgt_train.pgt import AUTHORS_FP16 as PGT_AUTHORS_FP16, FORMS as PGT_FORMS, IMPLS as PGT_IMPLS
 
 # LRs: any positive float32. A diverging LR is the non-finite check's job (exit 3); tests drive it with 1e30.
 LR_RANGE = "[0, 1e30]"
@@ -24,6 +24,8 @@ class ModelConfig:
     norm: str = param("bn", choices=("bn", "none"), doc="none: every norm layer replaced by identity")
     # 10^8 classes would exhaust memory building the head; ImageNet-21k has 21,841
     num_classes: int = param(1000, range="[2, 100000]", doc="classes of the head; must match the class folders")
+    dtype: str = param("float32", choices=("float32", "float64"),
+                       doc="parameter dtype; float64 for exactness checks on the CPU (needs amp.dtype none)")
     channels_last: Optional[bool] = param(None, defining=False, doc="memory layout; None: on for CUDA, off on the CPU")
     sync_bn: bool = param(False, doc="convert BatchNorm to SyncBatchNorm under DDP")
     init_from: Optional[str] = param(None, doc="start from these weights (.pth checkpoint or .safetensors)")
@@ -53,7 +55,8 @@ class DataConfig:
     # The same global batch per optimizer step; like the GPU count (which no config records) it changes only how
     # many images each BatchNorm sees at once, so it does not define the run.
     accum_steps: int = param(1, range="[1, 1024]", defining=False, doc="micro-batches per optimizer step")
-    workers: int = param(8, range="[0, 256]", defining=False, doc="loader worker processes per rank")
+    workers: int | Literal["auto"] = param(8, range="[0, 256]", defining=False,
+                                           doc="loader worker processes per rank; auto: the rank's CPU cores")
     img_size: int = param(224, range="[8, 4096]", doc="train crop and val crop side")
     # and >= data.img_size: the center crop must fit inside the resized image (validate.py)
     val_resize: Optional[int] = param(None, range="[8, 8192]", doc="val resize; None: img_size * 256 / 224")
@@ -106,6 +109,8 @@ class PGTConfig:
     alpha: Optional[float] = param(None, range="(0, 1]", doc="PGT's alpha; None: PGT off (plain cross-entropy)")
     impl: str = param("exact", choices=PGT_IMPLS, doc="exact (Eq. 8) | authors (fp16-rounded p) | official (hook)")
     authors_fp16: str = param("p", choices=PGT_AUTHORS_FP16, doc="impl authors only: which fp16 steps are reproduced")
+    form: str = param("backward", choices=PGT_FORMS,
+                      doc="backward: PGT on the gradient | temperature: cross-entropy on alpha * z (impl exact)")
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,13 @@ def _validate_sched(s: SchedConfig) -> None:
 def _validate_training(cfg: Config) -> None:
     if cfg.optim.nesterov and cfg.optim.momentum == 0:
         _fail("optim.nesterov", "Nesterov needs optim.momentum > 0")
+    if cfg.model.dtype == "float64" and cfg.amp.dtype != "none":
+        _fail("model.dtype", f"float64 parameters cannot train under amp.dtype {cfg.amp.dtype} (autocast would "
+                             f"compute in half precision): set amp.dtype=none")
+    if cfg.pgt.form == "temperature" and cfg.pgt.alpha is None:
+        _fail("pgt.form", "temperature needs PGT on: set pgt.alpha (in (0, 1]), or pgt.form=backward")
+    if cfg.pgt.form == "temperature" and cfg.pgt.impl != "exact":
+        _fail("pgt.form", f"temperature is defined for pgt.impl exact only, got {cfg.pgt.impl}: set pgt.impl=exact")
 
 
 def _validate_data(cfg: Config) -> None:
