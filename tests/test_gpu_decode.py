@@ -50,7 +50,7 @@ def loaders(root, loader, *, batch_size=4, workers=0, rank=0, world=1):
 def datasets(root, seed=3):
     kw = dict(num_classes=len(CLASSES), img_size=IMG, val_resize=None, crop_scale=(0.08, 1), crop_ratio=(3 / 4, 4 / 3),
               seed=seed)
-    return build_datasets(str(root), **kw), build_encoded_datasets(str(root), **kw)
+    return build_datasets(str(root), train_path="pil", **kw), build_encoded_datasets(str(root), **kw)
 
 
 def assert_close_batches(reference, candidate):
@@ -158,7 +158,7 @@ def odd_files_folder(root: Path) -> tuple[Path, dict]:
 def test_odd_and_corrupt_files_take_the_torchvision_path(tmp_path):
     root, kinds = odd_files_folder(tmp_path)
     kw = dict(num_classes=3, img_size=IMG, val_resize=None, crop_scale=(0.08, 1), crop_ratio=(3 / 4, 4 / 3), seed=0)
-    reference = build_datasets(str(root), **kw)
+    reference = build_datasets(str(root), train_path="pil", **kw)
     for folder, encoded in zip(reference, build_encoded_datasets(str(root), **kw)):
         for index, (path, _) in enumerate(folder.samples):
             got, expected = encoded[(index, 1)], folder[(index, 1)]

@@ -366,6 +366,7 @@ class NvjpegLoader(TorchLoader):
 
 
 def build_encoded_datasets(root: str, **kwargs) -> tuple[EncodedImageFolder, EncodedImageFolder]:
-    """folder.build_datasets (same layout checks, file lists, class indices, transforms), wrapped."""
-    train, val = build_datasets(root, **kwargs)
+    """folder.build_datasets (same layout checks, file lists, class indices, transforms), wrapped. The PIL path's
+    folders: their v2 transforms are what this loader replays on the device."""
+    train, val = build_datasets(root, train_path="pil", **kwargs)
     return EncodedImageFolder(train, train=True), EncodedImageFolder(val, train=False)
