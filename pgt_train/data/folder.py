@@ -204,7 +204,7 @@ class TensorCropFolder(SeededImageFolder):
     def _load_transformed(self, path: str, target: int, epoch: int, index: int):
         data = read_bytes(path)
         generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
-        return self.crop(data, generator, fallback=lambda: np.asarray(read_rgb(path))), target
+        return self.crop(data, generator, fallback=lambda: np.array(read_rgb(path))), target
 
 
 def _class_folders(split_dir: Path) -> list[str]:
