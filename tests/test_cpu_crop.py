@@ -171,3 +171,29 @@ def test_train_path_dispatch(tmp_path, monkeypatch):
     assert type(build_datasets(str(root), train_crop="pad_crop", **kw)[0]) is SeededImageFolder
     monkeypatch.setattr(cpu_crop, "simplejpeg", None)  # as where it does not install: today's path
     assert type(build_datasets(str(root), **kw)[0]) is SeededImageFolder
+
+
+@pytest.mark.parametrize("cores, ranks, expected", [(16, 1, 15), (16, 4, 3), (2, 1, 1), (1, 1, 1), (3, 8, 1)])
+def test_auto_workers_are_this_ranks_share_of_the_cores(cores, ranks, expected):
+    from pgt_train.data import resolve_workers
+    assert resolve_workers("auto", cores=cores, local_ranks=ranks) == expected
+    assert resolve_workers(5, cores=cores, local_ranks=ranks) == 5  # a number stays what it says
+
+
+def test_auto_workers_read_the_affinity_mask_and_local_world_size(monkeypatch):
+    import os
+    from pgt_train.data import available_cores, resolve_workers
+    assert available_cores() == len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)  # the machine's count is not what this rank may use
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert resolve_workers("auto") == 3
+
+
+def test_build_loaders_resolves_auto_workers():
+    from pgt_train.config import DataConfig
+    from pgt_train.data import build_loaders, resolve_workers
+    from pgt_train.dist import DistInfo
+    cfg = DataConfig(loader="synthetic", workers="auto", batch_size=4, img_size=16, train_size=8, val_size=4)
+    train, val = build_loaders(cfg, num_classes=2, seed=0, dist=DistInfo(), channels_last=False)
+    assert train.loader.num_workers == val.loader.num_workers == resolve_workers("auto") >= 1

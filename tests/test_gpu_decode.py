@@ -290,7 +290,8 @@ def test_gpu_check_cpu_smoke_runs_the_end_to_end_section(tmp_path):
     assert "error" not in e2e, e2e
     assert e2e["nvjpeg_check"]["ok"], e2e["nvjpeg_check"]
     runs = {(r["loader"], r["compile"]) for r in e2e["runs"]}
-    assert {("bare", False), ("synthetic", False), ("torchvision", False), ("nvjpeg:torchvision", False)} <= runs
+    assert {("bare", False), ("synthetic", False), ("torchvision", False), ("torchvision:pil", False),
+            ("nvjpeg:torchvision", False)} <= runs
     for r in e2e["runs"]:
         assert r["img_per_s"] > 0 and r["steps"] >= 2 and r["cpu_cores_busy"] is not None
     assert {r["loop"] for r in e2e["runs"] if r["loader"] != "bare"} == {"engine"}  # end to end = pgt-train's engine

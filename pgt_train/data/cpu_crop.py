@@ -1,7 +1,7 @@
 """The CPU train path of data.loader torchvision: JPEG bytes -> RandomResizedCrop + flip as a uint8 tensor, no PIL.
 
 Why: decoding with PIL, then cropping, resizing and converting PIL images cost about as much again as the decode
-itself (issue 24: the loader ran at 0.41-0.50 of the decoder's speed). Here, per sample:
+itself (docs/speed.md: the loader ran at 0.41-0.50 of the decoder's speed). Here, per sample:
   * the crop box and flip are drawn by torchvision's RandomResizedCrop algorithm (sample_crop, a copy that
     takes a torch.Generator seeded from (seed, epoch, index) instead of reseeding the global RNG): the same
     boxes and flips as v2.RandomResizedCrop + v2.RandomHorizontalFlip under folder.sample_rng, draw for draw

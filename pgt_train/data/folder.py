@@ -229,8 +229,12 @@ def _check_distinct(root: Path, splits: dict[str, list[str]]) -> None:
 
 def check_layout(root: Path, num_classes: int) -> list[str]:
     """The class list, or a UserError that says what is wrong with the folder and how to fix it."""
+    layout = f"expected {root}/train/<class>/*.jpg and {root}/val/..."
+    if root.exists() and not root.is_dir():
+        raise UserError(f"data.root: {root} is a file, not a folder; point data.root at the folder that holds "
+                        f"train/ and val/ ({layout})")
     if not root.is_dir():
-        raise UserError(f"data.root: folder not found: {root} (expected {root}/train/<class>/*.jpg and {root}/val/...)")
+        raise UserError(f"data.root: folder not found: {root} ({layout})")
     splits = {}
     for split in ("train", "val"):
         split_dir = root / split
@@ -246,6 +250,9 @@ def check_layout(root: Path, num_classes: int) -> list[str]:
         only_val = sorted(set(splits["val"]) - set(splits["train"]))[:3]
         raise UserError(f"data.root: train/ and val/ have different classes "
                         f"(only in train: {only_train}, only in val: {only_val})")
+    if len(splits["train"]) < 2:
+        raise UserError(f"data.root: {root}/train has one class folder ({splits['train'][0]}); classification needs "
+                        f"at least 2 class folders, one per class, in train/ and in val/")
     if len(splits["train"]) != num_classes:
         raise UserError(f"model.num_classes is {num_classes} but {root}/train has {len(splits['train'])} class "
                         f"folders; set model.num_classes={len(splits['train'])}")
