@@ -14,7 +14,9 @@ SUMMARY_COLUMNS = [
     "epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "val_images",
     "train_img_per_s", "epoch_time_s", "logit_norm", "logit_mean", "logit_max", "logit_var",
     "train_logit_norm", "zeroed_filters", "zeroed_features", "corrupt_images", "train_nonfinite_images",
+    "data_wait_pct", "loader_img_per_s",
 ]
+TIMING_COLUMNS = ("train_img_per_s", "epoch_time_s", "data_wait_pct", "loader_img_per_s")  # differ run to run
 
 
 def read_summary(path: Path) -> list[dict]:
@@ -114,4 +116,4 @@ def epoch_line(m: dict, epochs: int) -> str:
     return (f"epoch {m['epoch']}/{epochs}  lr {m['lr']:.4g}  train loss {m['train_loss']:.4f} "
             f"top1 {m['train_top1']:.2f}  val loss {m['val_loss']:.4f} top1 {m['val_top1']:.2f} "
             f"top5 {m['val_top5']:.2f} ({m['val_images']} images)  {m['train_img_per_s']:.0f} img/s "
-            f"{m['epoch_time_s']:.0f}s")
+            f"{m['epoch_time_s']:.0f}s  data wait {m['data_wait_pct']:.0f} %")

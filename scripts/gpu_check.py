@@ -10,7 +10,7 @@ line and exits 1. Sections run in this order; one that would start after --max-m
    skipped_step: an fp16 overflow step with fused SGD leaves parameters and momentum buffers unchanged.
 2. end_to_end: ImageNet-like JPEGs (~500x375, ~110 KiB, generated), ResNet-50 fp16 channels_last batch
    256 with PGT, eager and compiled: the bare loop (benchmarking.bare_steps) on tensors already on the GPU
-   as the reference, then pgt-train's own engine.train_one_epoch fed by the synthetic loader, the
+   as the reference, then pgt-train's own engine.train_step fed by the synthetic loader, the
    torchvision loader (its CPU tensor path, data/cpu_crop.py; in eager mode also `torchvision:pil`, the PIL
    path it replaced, at half the steps), the nvjpeg loader (and DALI where installed); 200 timed steps each after
    warm-up, images/s, the ratio to the synthetic loader, and the CPU cores busy meanwhile (/proc/stat).
@@ -37,9 +37,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pgt_train import engine, models, optim
-from pgt_train.benchmarking import (PHOTO_SHAPES, bare_steps, images_per_second, machine_banner, make_jpeg_folder,
-                                    spread, timed)
+from pgt_train import models, optim
+from pgt_train.benchmarking import (PHOTO_SHAPES, bare_steps, engine_steps, images_per_second, machine_banner,
+                                    make_jpeg_folder, spread, timed)
 from pgt_train.pgt import pgt_cross_entropy
 from pgt_train.trainer import AMP_DTYPES
 from pgt_train.writers import read_summary
@@ -222,15 +222,12 @@ class Training:
         return steps * batch[0].shape[0]
 
     def engine(self, batches, steps: int) -> int:
-        """`steps` steps of engine.train_one_epoch on the next batches of the iterator `batches` (metrics,
-        scheduler, non-finite checks as in a run); returns the images trained."""
-        metrics = engine.train_one_epoch(self.net, batches, self.pgt_loss, self.opt, self.scheduler, self.scaler,
-                                         device=self.device, epoch=1, start_step=self.step, steps=steps,
-                                         opts=engine.StepOptions(amp_dtype=self.dtype), clip_params=[],
-                                         totals=engine.EpochTotals(self.device),
-                                         nonfinite_run=torch.zeros((), dtype=torch.int64, device=self.device))
-        self.step = metrics["step"]
-        return metrics["train_images"]
+        """`steps` steps of engine.train_step on the next batches of the iterator `batches` (metrics and
+        scheduler as in a run); returns the images trained."""
+        images = engine_steps(self.net, batches, loss_fn=self.pgt_loss, optimizer=self.opt, scheduler=self.scheduler,
+                              scaler=self.scaler, amp_dtype=self.dtype, steps=steps, start_step=self.step)
+        self.step += steps
+        return images
 
 
 def e2e_loader(name: str, root: Path, args, device: torch.device, *, batch: int, workers: int, train=True,

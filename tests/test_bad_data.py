@@ -328,7 +328,7 @@ def test_signal_to_the_process_group_with_workers(jpeg_folder, tmp_path, signum,
         pytest.fail(f"{signal.Signals(signum).name} to the process group: still running after 60 s")
     assert proc.returncode == exit_code, err
     assert message in out + err and "Traceback" not in err, err
-    assert torch.load(run_dir / "last.pth", weights_only=True)["step"] >= 1
+    assert torch.load(run_dir / "last.pth", weights_only=True)["counters"]["steps_done"] >= 1
 
 
 def training_loader(root, workers=0):

@@ -16,7 +16,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
 from pgt_train.pgt import power_softmax
-from pgt_train.report.model import BASELINE_FREE, Group, Plot, Run, alpha_value, clip_text, identity_key
+from pgt_train.report.model import (IGNORED_AGAINST_BASELINES, Group, Plot, Run, alpha_value, clip_text,
+                                    identity_key)
 from pgt_train.report.stats import final, mean_std
 
 MAX_FILTER_RUNS = 4  # three layers each: at most 12 filter-norm files
@@ -126,7 +127,7 @@ def alpha_families(groups: list[Group]) -> list[list[Group]]:
     """α sweeps: groups equal in every defining setting but seed and α (the baseline, PGT off, joins each sweep of
     its settings, whatever pgt.impl the sweep used), for sweeps with at least two α values."""
     def key(g: Group) -> tuple:
-        return identity_key(g.settings, ignore=BASELINE_FREE)
+        return identity_key(g.settings, ignore=IGNORED_AGAINST_BASELINES)
 
     sweeps: dict[tuple, list[Group]] = {}
     for group in groups:

@@ -9,7 +9,7 @@ import yaml
 
 from pgt_train import config
 from pgt_train.errors import UserError
-from pgt_train.report.model import ROW_FREE, Group
+from pgt_train.report.model import IGNORED_AGAINST_PAPER_ROWS, Group
 
 PAPER_RESULTS = Path(__file__).resolve().parents[1] / "reference" / "paper_results.yaml"
 
@@ -26,7 +26,7 @@ class PaperRow:
 class RowMatch:
     row: PaperRow
     reading: str
-    diffs: list = field(default_factory=list)  # (key, ours, the row's), ROW_FREE aside; empty: comparable
+    diffs: list = field(default_factory=list)  # (key, ours, the row's), ignored keys aside; empty: comparable
 
 
 def find_configs(given: Path | None) -> Path | None:
@@ -67,9 +67,11 @@ def load_paper_rows(configs: Path | None, *, table: int | None) -> list[PaperRow
 
 
 def match_row(group: Group, rows: list[PaperRow]) -> RowMatch | None:
-    """The first row (Tables 1, 2, 3 in turn) whose recipe the group equals on every defining setting but ROW_FREE,
-    under some reading; else the nearest row, with the differences; None without paper rows."""
-    candidates = [RowMatch(row, reading, config.diff_defining(group.settings, identity, ignore=ROW_FREE))
+    """The first row (Tables 1, 2, 3 in turn) whose recipe the group equals on every defining setting but
+    IGNORED_AGAINST_PAPER_ROWS, under some reading; else the nearest row, with the differences; None without paper
+    rows."""
+    candidates = [RowMatch(row, reading, config.diff_defining(group.settings, identity,
+                                                              ignore=IGNORED_AGAINST_PAPER_ROWS))
                   for row in rows for reading, identity in row.readings.items()]
     return min(candidates, key=lambda m: len(m.diffs), default=None)
 

@@ -134,5 +134,5 @@ def format_report(rows: list[dict], *, plots: list[Plot], plots_note: str, table
              *notes(rows, groups, paper_rows=paper_rows), *figure_lines(plots, plots_note),
              "## Run folders", "", *[f"- {g.label}: {', '.join(str(r.path) for r in g.runs)}" for g in groups]]
     if skipped_runs:
-        lines += ["", "Skipped folders:", "", *[f"- {s}" for s in skipped_runs]]
+        lines += ["", "### Run folders not reported (no result)", "", *[f"- {s}" for s in skipped_runs]]
     return "\n".join(lines) + "\n"
