@@ -82,6 +82,8 @@ def resized_crop(array: np.ndarray, box, size: int, flip: bool) -> torch.Tensor:
     """uint8 (3, size, size): the box of an (H, W, 3) uint8 array resized with antialiased bilinear, then flipped."""
     top, left, h, w = box
     crop = torch.from_numpy(array[top:top + h, left:left + w]).permute(2, 0, 1).unsqueeze(0)  # channels-last view
+    # a dense channels-last copy first: the vectorised uint8 kernel takes it (measured 1.5x faster than the view)
+    crop = crop.contiguous(memory_format=torch.channels_last)
     out = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
     return (out.flip(-1) if flip else out).contiguous()
 
