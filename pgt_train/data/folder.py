@@ -22,7 +22,7 @@ from torchvision import datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
-from pgt_train.data import cpu_crop
+import pgt_train.data.cpu_crop as cpu_crop
 from pgt_train.data.torch_loader import REPLACEMENT_TRIES, CorruptSample, sample_rng, sample_seed
 from pgt_train.errors import UserError
 
