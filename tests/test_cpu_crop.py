@@ -198,3 +198,25 @@ def test_build_loaders_resolves_auto_workers():
     cfg = DataConfig(loader="synthetic", workers="auto", batch_size=4, img_size=16, train_size=8, val_size=4)
     train, val = build_loaders(cfg, num_classes=2, seed=0, dist=DistInfo(), channels_last=False)
     assert train.loader.num_workers == val.loader.num_workers == resolve_workers("auto") >= 1
+
+
+def test_batches_are_the_same_for_any_worker_count_and_a_mid_epoch_resume(jpeg_folder):
+    """Seeding by (seed, epoch, index) on the tensor path: 0 or 2 workers, or a resume after 2 batches, give the same
+    batches as one uninterrupted pass."""
+    from pgt_train.config import DataConfig
+    from pgt_train.data import build_loaders
+    from pgt_train.dist import DistInfo
+
+    def batches(workers, skip=0):
+        cfg = DataConfig(root=str(jpeg_folder), batch_size=3, workers=workers, img_size=24)
+        train, _ = build_loaders(cfg, num_classes=3, seed=4, dist=DistInfo(), channels_last=False)
+        assert type(train.loader.dataset) is TensorCropFolder
+        train.set_epoch(1, skip_batches=skip)
+        return list(train)
+
+    reference = batches(0)
+    assert len(reference) == 6
+    for got, expected in ((batches(2), reference), (batches(0, skip=2), reference[2:])):
+        assert len(got) == len(expected)
+        for (x, y), (x2, y2) in zip(expected, got):
+            assert torch.equal(x, x2) and torch.equal(y, y2)
