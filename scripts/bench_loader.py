@@ -118,6 +118,59 @@ def row(name: str, values, fmt: str = "{:>9.3g}") -> str:
     return f"  {name:<44}" + "".join(fmt.format(v) for v in spread(values))
 
 
+def build_all(names: list[str], workers: list[int], root: Path, *, num_classes: int, batch: int) -> dict:
+    """(name, workers) -> the loader, warmed up by one untimed epoch (worker start, pipeline build)."""
+    loaders = {}
+    for name in names:
+        for n in workers:
+            try:
+                loaders[name, n] = build(name, root, num_classes=num_classes, batch=batch, workers=n)
+                loader_pass(loaders[name, n], epoch=0, device=CPU)
+            except Exception as e:  # noqa: BLE001 - e.g. DALI not installed: report and go on with the others
+                print(f"{name} with {n} worker(s): not measured ({type(e).__name__}: {e})")
+                break
+    return loaders
+
+
+def measure(loaders: dict, blobs: list[bytes], rounds: int) -> tuple[dict, dict]:
+    """Interleaved rounds: each decoder over every file, then one epoch of each loader. Returns img/s lists."""
+    decode = decoders()
+    limits, rates = {k: [] for k in decode}, {key: [] for key in loaders}
+    for round_ in range(rounds):
+        for name, fn in decode.items():
+            limits[name].append(decode_rate(fn, blobs))
+        for (name, n), loader in loaders.items():
+            rates[name, n].append(loader_pass(loader, epoch=round_ + 1, device=CPU))
+    return limits, rates
+
+
+def report(limits: dict, rates: dict) -> None:
+    limit = [max(values) for values in zip(*limits.values())]  # the fastest decoder of each round
+    print(f"  {'figure':<44}{'min':>9}{'median':>9}{'max':>9}")
+    print("decode only, one thread, whole files (img/s)")
+    for name, values in limits.items():
+        print(row(name, values))
+    print(row("the limit: the fastest of them, per round", limit))
+    for (name, n), values in rates.items():
+        print(f"loader {name}, {n} worker(s)")
+        print(row("img/s", values))
+        print(row("img/s per worker", [v / n for v in values]))
+        print(row("per worker / the limit", [v / n / lim for v, lim in zip(values, limit)], "{:>9.3f}"))
+        if n != 1 and (name, 1) in rates:
+            print(row(f"scaling: img/s / ({n} x one worker's)",
+                      [v / (n * one) for v, one in zip(values, rates[name, 1])], "{:>9.3f}"))
+
+
+def report_profile(root: Path, num_classes: int) -> None:
+    print("\none worker's time per image, tensor path, by stage (µs):")
+    stages = profile(root, num_classes)
+    total = sum(stages.values())
+    for name, micros in stages.items():
+        print(f"  {name:<34} {micros:>8.1f}  {micros / total:>6.1%}")
+    print(f"  {'decode only, this pass: ' + format(1e6 / stages['decode'], '.0f') + ' img/s':<34}"
+          f"   the other stages: {1 - stages['decode'] / total:.1%} of the time")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, help="ImageNet-layout root (train/, val/); default: generate JPEGs")
@@ -129,57 +182,22 @@ def main(argv=None) -> int:
     p.add_argument("--profile", action="store_true", help="also print one worker's time per stage")
     args = p.parse_args(argv)
     torch.set_num_threads(1)  # the main process only normalises; keep the cores for the loaders
-    workers = [int(w) for w in args.workers.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         root = args.data or make_jpeg_folder(Path(tmp), classes=4, train=args.images // 4, val=1, texture="photo",
                                              sides=PHOTO_SHAPES, processes=2)
         num_classes = sum(1 for d in (root / "train").iterdir() if d.is_dir())
-        train_files = sorted(f for f in (root / "train").rglob("*") if f.is_file())
-        blobs = [f.read_bytes() for f in train_files]
+        blobs = [f.read_bytes() for f in sorted((root / "train").rglob("*")) if f.is_file()]
         print(machine_banner(CPU))
         print(f"data {root}: {len(blobs)} train images, {num_classes} classes; RandomResizedCrop 224 + flip, "
               f"batch {args.batch}; {args.rounds} interleaved rounds after 1 warm-up epoch\n")
-        loaders = {}
-        for name in args.loaders.split(","):
-            for n in workers:
-                try:
-                    loaders[name, n] = build(name, root, num_classes=num_classes, batch=args.batch, workers=n)
-                    loader_pass(loaders[name, n], epoch=0, device=CPU)  # warm-up: worker start, pipeline build
-                except Exception as e:  # noqa: BLE001 - e.g. DALI not installed: report and go on with the others
-                    print(f"{name} with {n} worker(s): not measured ({type(e).__name__}: {e})")
-                    break
-        decode = decoders()
-        limits, rates = {k: [] for k in decode}, {key: [] for key in loaders}
-        for round_ in range(args.rounds):
-            for name, fn in decode.items():
-                limits[name].append(decode_rate(fn, blobs))
-            for (name, n), loader in loaders.items():
-                rates[name, n].append(loader_pass(loader, epoch=round_ + 1, device=CPU))
-        limit = [max(values) for values in zip(*limits.values())]  # the fastest decoder of each round
-        print(f"  {'figure':<44}{'min':>9}{'median':>9}{'max':>9}")
-        print("decode only, one thread, whole files (img/s)")
-        for name, values in limits.items():
-            print(row(name, values))
-        print(row("the limit: the fastest of them, per round", limit))
-        for (name, n), values in rates.items():
-            print(f"loader {name}, {n} worker(s)")
-            print(row("img/s", values))
-            print(row("img/s per worker", [v / n for v in values]))
-            print(row("per worker / the limit", [v / n / lim for v, lim in zip(values, limit)], "{:>9.3f}"))
-            if n != 1 and (name, 1) in rates:
-                print(row(f"scaling: img/s / ({n} x one worker's)",
-                          [v / (n * one) for v, one in zip(values, rates[name, 1])], "{:>9.3f}"))
+        loaders = build_all(args.loaders.split(","), [int(w) for w in args.workers.split(",")], root,
+                            num_classes=num_classes, batch=args.batch)
+        report(*measure(loaders, blobs, args.rounds))
+        del loaders  # the workers end before the pixel and profile passes
         mean, peak = pixel_difference(root, num_classes)
         print(f"\npixels, tensor vs pil path on the same crops: mean |diff| {mean:.3f}, max {peak:.0f} grey levels")
         if args.profile:
-            print("\none worker's time per image, tensor path, by stage (µs):")
-            stages = profile(root, num_classes)
-            total = sum(stages.values())
-            for name, micros in stages.items():
-                print(f"  {name:<34} {micros:>8.1f}  {micros / total:>6.1%}")
-            print(f"  {'decode only, this pass: ' + format(1e6 / stages['decode'], '.0f') + ' img/s':<34}"
-                  f"   the other stages: {1 - stages['decode'] / total:.1%} of the time")
-        del loaders
+            report_profile(root, num_classes)
     return 0
 
 
