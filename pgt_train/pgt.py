@@ -14,10 +14,9 @@ Ways in:
   authors_pgt_cross_entropy                  the authors' fp16 arithmetic: p rounded to fp16 before
                                              the power, robustly (any dtype, loss scale, batch)
   official_pgt_cross_entropy                 the paper's appendix tensor-hook, flaws included
-In the authors' fp16 runs GradScaler skipped steps and halved its scale until it reached N² (N the
-per-GPU batch), where the appendix hook is exact in scale; from there their PGT was Eq. 8 applied to
-p as an fp16 gradient carries it, which authors_pgt_cross_entropy reproduces without the fragility.
-build_pgt_loss(alpha, impl) picks one for the trainer (impl in IMPLS: exact, authors, official).
+  temperature_cross_entropy                  plain CE on α·z: PGT's exact twin at LR/α and weight decay·α
+build_pgt_loss(alpha, impl, form) picks one for the trainer (impl in IMPLS, form in FORMS). How each
+compares with the paper and the authors' runs, measured: docs/fidelity.md.
 """
 
 import functools
@@ -27,13 +26,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-IMPLS = ("exact", "authors", "official")  # pgt.impl values; config.CHOICES uses this tuple
-# pgt.authors_fp16: which fp16 steps of the authors' hook (their timm/models/resnet.py:831-844) `authors` follows,
-# each level adding to the one before: "p" p as the fp16 gradient carried it, q + fp16(p - q); "target" also
-# the smoothed target built in fp16 (0.9 -> 0.8999, 1e-4 -> 1.0002e-4, :833-835) and added to the recovered
-# gradient in fp16 (:837); "hook" also the power, the sum, the division, p' - q and the x N rounded to fp16
-# (:839-843), and the incoming gradient's double rounding fp16(fp16(N(p - q)) / N) at loss scale N² (:836).
+IMPLS = ("exact", "authors", "official")  # pgt.impl values; the config's choices use this tuple
+# pgt.authors_fp16: which fp16 steps of the authors' hook `authors` follows, each level adding to the one before:
+# "p" p as the fp16 gradient carried it, q + fp16(p - q); "target" also the smoothed target built and added in
+# fp16; "hook" also the power, the sum, the division, p' - q and the x N rounded to fp16 (docs/fidelity.md)
 AUTHORS_FP16 = ("p", "target", "hook")
+# pgt.form: backward (PGT itself) | temperature (cross-entropy on α·z, the run's LRs / α and weight decay x α:
+# the same steps, see pgt_train/config/twin.py and docs/fidelity.md)
+FORMS = ("backward", "temperature")
 
 
 def check_alpha(alpha):
@@ -55,11 +55,8 @@ def _upcast(x):
 
 
 def power_softmax(logits, alpha):
-    """p' = p^α / Σ_c p^α = softmax(α·z) over the last dim, in float32 (float64 for fp64 logits).
-
-    The identity holds because p_c^α = exp(α z_c) / (Σ_j exp z_j)^α and the denominator
-    cancels under the renormalisation.
-    """
+    """p' = p^α / Σ_c p^α = softmax(α·z) over the last dim, in float32 (float64 for fp64 logits): p_c^α =
+    exp(α z_c) / (Σ_j exp z_j)^α, and the denominator cancels under the renormalisation."""
     return _power_softmax(logits, check_alpha(alpha))
 
 
@@ -70,13 +67,10 @@ def _power_softmax(logits, alpha):  # alpha already checked: the backward calls 
 def hook_seen_probs(logits, q=None):
     """The probabilities the appendix hook recovered in the authors' fp16 runs: q + fp16(p - q).
 
-    p = softmax(z) (float32, float64 for fp64 logits), q the (N, C) target distribution (None: 0).
-    With autocast the hook received the fp16 gradient s·(p - q)/N; at the loss scale s = N² that
-    GradScaler settles at (see official_pgt_cross_entropy) it divided by N and added q back, so what
-    it saw of p is p - q rounded to fp16, plus q. For a class with q = 0 that is p rounded to fp16:
-    values under 2^-25 ≈ 3e-8 become 0. For the one-hot target it is 1 + fp16(p_y - 1): p_y on a
-    2^-11 ≈ 4.9e-4 grid below 0.5, so a target probability under ~2.4e-4 also becomes 0. Returned
-    in the working dtype, clamped at 0 (soft or smoothed q off fp16's grid could round a hair below).
+    p = softmax(z) (float32, float64 for fp64 logits), q the (N, C) targets (None: 0). At the loss scale
+    N² GradScaler settles at, the hook divided the fp16 gradient s·(p - q)/N by N and added q back: p - q
+    rounded to fp16, plus q. So p under 2^-25 becomes 0 where q = 0, and the one-hot target's p_y lies on
+    a 2^-11 grid. Returned in the working dtype, clamped at 0 (soft q off fp16's grid could round below).
     """
     z = _upcast(logits)
     p = torch.softmax(z, dim=-1)
@@ -111,7 +105,7 @@ def _round16(x):
 
 
 def hook_target(target, num_classes, label_smoothing, dtype):
-    """q as the authors' hook built it in fp16 (resnet.py:833-835): fp16((1 - ε)·q) + ε/C, rounded again.
+    """q as the authors' hook built it in fp16: fp16((1 - ε)·q) + ε/C, rounded again.
 
     With ε = 0.1 and C = 1000 the target class gets 0.89990234 (fp16(0.9) + 1e-4 rounds back down) and
     every other class 1.0001659e-4, where cross-entropy's own q is 0.9001 and 1e-4. Returned in `dtype`.
@@ -128,7 +122,7 @@ def _authors_direction(logits, alpha, target, label_smoothing, q, level):
     q is cross-entropy's target (what the incoming gradient s·(p - q)/N was computed against). level "p":
     p' of q + fp16(p - q), the rest in fp32 against q. "target": the hook's fp16 target q16 (hook_target), the
     recovered p = fp16(fp16(p - q) + q16), p' in fp32, returned against q16. "hook": every fp16 rounding of
-    resnet.py:836-843 at the settled scale s = N² (N = this batch), so g = fp16(fp16(N(p - q)) / N),
+    the hook at the settled scale s = N² (N = this batch), so g = fp16(fp16(N(p - q)) / N),
     p16 = fp16(g + q16), p16^α, its sum, the division, p' - q16 and × N each rounded to fp16.
     """
     if level == "p":
@@ -167,14 +161,14 @@ def target_probs(target, num_classes, label_smoothing=0.0, dtype=torch.float32):
 
 
 class _PGTCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy forward, (p' - q) / N backward; p' from power_softmax, or the authors' hook
-    arithmetic (_authors_direction at level `fp16`) when flatten == "authors" (strings, so torch.compile
-    sees constants)."""
+    """Mean cross-entropy forward, (p' - q) / N backward; p' from power_softmax (impl "exact"), or the
+    authors' hook arithmetic at level `authors_fp16` (impl "authors"). Strings, so torch.compile sees
+    constants."""
 
     @staticmethod
-    def forward(ctx, logits, target, alpha, label_smoothing, flatten="exact", fp16="p"):
+    def forward(ctx, logits, target, alpha, label_smoothing, impl="exact", authors_fp16="p"):
         ctx.save_for_backward(logits, target)  # keep the logits in their own dtype; upcast in backward
-        ctx.alpha, ctx.label_smoothing, ctx.flatten, ctx.fp16 = alpha, label_smoothing, flatten, fp16
+        ctx.alpha, ctx.label_smoothing, ctx.impl, ctx.authors_fp16 = alpha, label_smoothing, impl, authors_fp16
         # float32 loss whatever the autocast dtype; identical to F.cross_entropy(logits.float(), ...)
         return F.cross_entropy(_upcast(logits), target, label_smoothing=label_smoothing)
 
@@ -184,8 +178,8 @@ class _PGTCrossEntropy(torch.autograd.Function):
         n, c = logits.shape
         work = torch.promote_types(logits.dtype, torch.float32)  # fp32, or fp64 for fp64 logits
         q = target_probs(target, c, ctx.label_smoothing, work)  # (N, C), transient like the grad
-        if ctx.flatten == "authors":
-            direction = _authors_direction(logits, ctx.alpha, target, ctx.label_smoothing, q, ctx.fp16)
+        if ctx.impl == "authors":
+            direction = _authors_direction(logits, ctx.alpha, target, ctx.label_smoothing, q, ctx.authors_fp16)
         else:
             direction = _power_softmax(logits, ctx.alpha) - q
         # linear in grad_loss (loss scale, 1/accum_steps, DDP averaging all pass straight through)
@@ -214,13 +208,13 @@ def pgt_cross_entropy(logits, target, alpha, label_smoothing=0.0):
     return _PGTCrossEntropy.apply(logits, target, alpha, label_smoothing)
 
 
-def _check_fp16(fp16):
-    if fp16 not in AUTHORS_FP16:
-        raise ValueError(f"unknown authors fp16 level {fp16!r}; valid: {', '.join(AUTHORS_FP16)}")
-    return fp16
+def _check_authors_fp16(authors_fp16):
+    if authors_fp16 not in AUTHORS_FP16:
+        raise ValueError(f"unknown authors_fp16 level {authors_fp16!r}; valid: {', '.join(AUTHORS_FP16)}")
+    return authors_fp16
 
 
-def authors_pgt_cross_entropy(logits, target, alpha, label_smoothing=0.0, fp16="p"):
+def authors_pgt_cross_entropy(logits, target, alpha, label_smoothing=0.0, authors_fp16="p"):
     """pgt_cross_entropy with the authors' fp16 arithmetic: gradient (p' - q) / N where
     p' = p16^α / Σ_c p16^α and p16 = softmax(z) rounded to float16 (see authors_power_softmax).
 
@@ -230,21 +224,16 @@ def authors_pgt_cross_entropy(logits, target, alpha, label_smoothing=0.0, fp16="
     p16 is what the hook could see: p - q rounded to fp16, plus q (hook_seen_probs), so p rounded
     to fp16 for every class with q = 0, and the one-hot target's p_y on a 2^-11 grid.
 
-    fp16 (AUTHORS_FP16) picks how much more of the hook's fp16 arithmetic is followed. "p" (the
-    default) does the rest in fp32. That is NOT small noise against the gradient: each fp16 result
-    is off by up to 2^-12 relative to its own value, and p'_y - q_y cancels, so on confident logits
-    (p'_y near 1, gradient 1 - p'_y small) the rounding of p'_y near 1 (steps of 2^-11 ≈ 4.9e-4) is
-    of the order of the target's gradient itself. Measured against the hook at scale N² (N 256,
-    C 1000, 3·randn logits, target 2-10 nats above the rest): "p" is 0.13-0.23 % of the batch
-    gradient off at α 0.92 and 1, "hook" 0.08-0.11 % at α 0.92 and under 1e-5 at α 1; with the
-    target 15 nats above, "p" is off by ~3× the gradient itself, "hook" by 0 (docs/fidelity.md).
-    "target" adds the hook's fp16 smoothed target (0.8999 for 0.9001 at ε 0.1), "hook" every
-    rounding of the hook (see _authors_direction), which follows the hook at scale N² closest.
-    At α = 1 the gradient is (p16 - q)/N: close to, not equal to, cross-entropy's (p - q)/N.
+    authors_fp16 (AUTHORS_FP16) picks how much more of the hook's fp16 arithmetic is followed: "p"
+    (the default) does the rest in fp32, "target" adds the hook's fp16 smoothed target, "hook" every
+    rounding of the hook (see _authors_direction), which follows the hook at scale N² closest. The
+    later roundings are not small noise against the gradient, because p'_y - q_y cancels on
+    confident rows (measured: docs/fidelity.md). At α = 1 the gradient is (p16 - q)/N: close to, not
+    equal to, cross-entropy's (p - q)/N.
     """
     alpha, label_smoothing = check_alpha(alpha), _check_smoothing(label_smoothing)
     _check_logits(logits, target)
-    return _PGTCrossEntropy.apply(logits, target, alpha, label_smoothing, "authors", _check_fp16(fp16))
+    return _PGTCrossEntropy.apply(logits, target, alpha, label_smoothing, "authors", _check_authors_fp16(authors_fp16))
 
 
 class PowerGradCrossEntropy(nn.Module):
@@ -257,7 +246,7 @@ class PowerGradCrossEntropy(nn.Module):
             raise ValueError(f"PowerGradCrossEntropy impl must be exact or authors, got {impl!r} "
                              f"(official is a tensor hook: official_pgt_cross_entropy)")
         self.alpha, self.label_smoothing, self.impl = check_alpha(alpha), _check_smoothing(label_smoothing), impl
-        self.authors_fp16 = _check_fp16(authors_fp16)
+        self.authors_fp16 = _check_authors_fp16(authors_fp16)
 
     def forward(self, logits, target):
         _check_logits(logits, target)
@@ -293,16 +282,12 @@ class _PGTLogits(torch.autograd.Function):
 def pgt_logits(logits, target, alpha, label_smoothing=0.0):
     """Identity on (N, C) logits whose backward turns a cross-entropy gradient into PGT's.
 
-    ASSUMPTION: whatever sits downstream is the mean cross-entropy of these logits against
-    the same `target` and `label_smoothing`, times one unknown scalar s (AMP loss scale,
-    1/accum_steps, DDP averaging, a loss weight...). Then the incoming gradient is
-    g = s·(p - q)/N, and the backward returns s·(p' - q)/N with p' = softmax(α·z). Only s/N
-    is recovered from g, by least squares over the whole batch,
-        s/N = Σ g·(p - q) / Σ (p - q)²      (p = softmax(z) from the saved logits, fp32),
-    never p itself, so the result equals pgt_cross_entropy's gradient for any loss scale,
-    batch size or accumulation. It is meaningless for any other downstream loss (extra
-    loss terms on the logits, a different smoothing, sum reduction with per-sample weights).
-    If p = q exactly, the gradient is zero.
+    ASSUMPTION: downstream is the mean cross-entropy of these logits against the same `target` and
+    `label_smoothing`, times one unknown scalar s (loss scale, 1/accum_steps, DDP averaging...). The
+    incoming gradient is then g = s·(p - q)/N; only s/N = Σ g·(p - q) / Σ (p - q)² is recovered (least
+    squares over the batch, p from the saved logits), never p, and s·(p' - q)/N returned: equal to
+    pgt_cross_entropy's gradient for any scale, batch or accumulation, meaningless for any other
+    downstream loss. If p = q exactly, the gradient is zero.
     """
     alpha, label_smoothing = check_alpha(alpha), _check_smoothing(label_smoothing)
     _check_logits(logits, target)
@@ -342,10 +327,8 @@ class PGTHook:
 def attach_pgt(model, alpha, label_smoothing=0.0):
     """Apply PGT to an unmodified model whose (N, C) logits go into a mean cross-entropy.
 
-    Registers a forward hook that, in training mode, wraps the output in pgt_logits (see its
-    docstring for the assumption on the downstream loss: mean CE against the same targets and
-    smoothing, times any scalar). Each training forward consumes the targets, so set them
-    again for every forward; in eval mode the hook does nothing. Usage:
+    In training mode the hook wraps the output in pgt_logits (see its assumption on the downstream
+    loss). Each training forward consumes the targets; in eval mode the hook does nothing. Usage:
 
         with attach_pgt(model, alpha=0.3) as pgt:
             pgt.set_targets(y)          # before every training forward
@@ -361,18 +344,9 @@ def official_pgt_cross_entropy(logits, target, alpha, label_smoothing=0.0):
     and returns (p' - q)·N. The real incoming gradient is g = s·(p - q)/N for a loss scale s,
     so the recovered value is s·(p - q)/N² + q: the hook is CORRECT ONLY WHEN THE LOSS SCALE
     EQUALS N² (N = per-device batch). Otherwise the recovered "p" is wrong, can go negative
-    (NaN after the fractional power), and the output ignores s. Measured with N = 8, C = 10,
-    α = 0.3: it matched the closed form s·(p' - q)/N at s = 64, gave NaN at s = 128 and
-    65536, and was off by ~4 (max abs; 3.7 and 4.2 on two draws) at s = 1. Use
-    pgt_cross_entropy for real training.
-
-    Inside the authors' runs (fp16 autocast, GradScaler starting at 2^16, per-GPU batch N) the
-    scaler repaired the scale by itself: above N² the NaN makes it skip the step and halve the
-    scale, until it reaches N² (N = 256: 2^16 already, no skip; measured with torch.amp.GradScaler
-    on the CPU, scripts/pgt_fidelity.py: N = 64 went 65536 -> 4096 after 4 skipped steps). From
-    then on the hook is exact in scale; each growth attempt (×2 after 2000 clean steps) gives NaN
-    again while any sample of the batch has p_y < 1/2, costing one skipped step. What remains is
-    that it saw p through an fp16 gradient: small probabilities rounded to 0 (impl "authors").
+    (NaN after the fractional power), and the output ignores s. Use pgt_cross_entropy for real
+    training. In fp16 runs GradScaler's skip-and-halve drives the scale to N², where the hook is
+    exact in scale but sees p through an fp16 gradient (impl "authors"); measured in docs/fidelity.md.
     """
     alpha, label_smoothing = check_alpha(alpha), _check_smoothing(label_smoothing)
     loss = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
@@ -389,18 +363,36 @@ def official_pgt_cross_entropy(logits, target, alpha, label_smoothing=0.0):
     return loss
 
 
-def build_pgt_loss(alpha, impl="exact", label_smoothing=0.0, authors_fp16="p"):
+def temperature_cross_entropy(logits, target, alpha, label_smoothing=0.0):
+    """Mean F.cross_entropy of α·z (softmax temperature 1/α), in float32 at least like pgt_cross_entropy.
+
+    Its gradient w.r.t. z is α·(softmax(α·z) - q)/N: α times PGT's. So the run that trains it at every LR / α
+    and weight decay × α takes PGT's steps (pgt.form temperature; why and where it holds: docs/fidelity.md).
+    """
+    alpha, label_smoothing = check_alpha(alpha), _check_smoothing(label_smoothing)
+    _check_logits(logits, target)
+    return F.cross_entropy(_upcast(logits) * alpha, target, label_smoothing=label_smoothing)
+
+
+def build_pgt_loss(alpha, impl="exact", label_smoothing=0.0, authors_fp16="p", form="backward"):
     """The trainer's loss: (logits, target) -> scalar, arguments validated once. alpha=None: plain CE.
 
     impl: "exact" (Eq. 8, the default), "authors" (Eq. 8 on fp16-rounded p, as the authors' runs
     computed it; authors_fp16 says how many of the hook's fp16 steps) or "official" (the appendix
-    hook itself). Unknown names raise ValueError. The arguments are the pgt.* keys by name.
-    exact at α = 1 IS cross-entropy (p^1 / Σ p = p), so it runs as F.cross_entropy: bit-identical
-    to PGT off, where the autograd Function would differ in the last float bits.
+    hook itself). form "temperature": cross-entropy on α·z, PGT's twin (impl exact only; the run's
+    LRs and weight decay are scaled by the config). Unknown names raise ValueError. The arguments are
+    the pgt.* keys by name. exact at α = 1 IS cross-entropy (p^1 / Σ p = p), so it runs as
+    F.cross_entropy: bit-identical to PGT off, where the autograd Function would differ in the last bits.
     """
     if impl not in IMPLS:
         raise ValueError(f"unknown PGT impl {impl!r}; valid: {', '.join(IMPLS)}")
-    label_smoothing, authors_fp16 = _check_smoothing(label_smoothing), _check_fp16(authors_fp16)
+    if form not in FORMS:
+        raise ValueError(f"unknown PGT form {form!r}; valid: {', '.join(FORMS)}")
+    label_smoothing, authors_fp16 = _check_smoothing(label_smoothing), _check_authors_fp16(authors_fp16)
+    if form == "temperature":
+        if alpha is None or impl != "exact":  # the twin is of Eq. 8; the authors' arithmetic has none
+            raise ValueError(f"PGT form temperature needs an alpha and impl exact, got alpha={alpha!r}, impl={impl!r}")
+        return functools.partial(temperature_cross_entropy, alpha=check_alpha(alpha), label_smoothing=label_smoothing)
     if alpha is None or (impl == "exact" and check_alpha(alpha) == 1.0):
         return functools.partial(F.cross_entropy, label_smoothing=label_smoothing)
     if impl == "official":

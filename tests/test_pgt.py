@@ -26,6 +26,7 @@ from pgt_train.pgt import (
     pgt_logits,
     power_softmax,
     target_probs,
+    temperature_cross_entropy,
 )
 
 ALPHAS = [0.05, 0.25, 0.3, 0.92, 1.0]
@@ -599,3 +600,37 @@ def test_authors_fp16_levels_are_checked_and_built():
     hook = build_pgt_loss(0.3, "authors", 0.1, authors_fp16="hook")
     torch.testing.assert_close(grad_of(hook, z, y), grad_of(lambda z, y: authors_pgt_cross_entropy(z, y, 0.3, 0.1, "hook"), z, y))
     assert not torch.equal(grad_of(hook, z, y), grad_of(build_pgt_loss(0.3, "authors", 0.1), z, y))
+
+
+# ---------------------------------------------------------------- the temperature twin's loss
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.3, 1.0])
+@pytest.mark.parametrize("kind", TARGETS)
+def test_temperature_gradient_is_alpha_times_pgt(alpha, kind):
+    """d/dz CE(α·z, q) = α·(softmax(α·z) - q)/N: α times PGT's gradient, label smoothing and soft targets alike."""
+    z, y, eps = make_batch(16, 10, kind)
+    z = z.double()
+    got = grad_of(lambda z, y: temperature_cross_entropy(z, y, alpha, eps), z, y)
+    assert_close(got, alpha * reference_grad(z, y, alpha, eps), rtol=1e-12, atol=1e-15)
+    value = temperature_cross_entropy(z, y, alpha, eps)
+    torch.testing.assert_close(value, F.cross_entropy(alpha * z, y, label_smoothing=eps), rtol=1e-14, atol=0)
+
+
+def test_temperature_upcasts_like_pgt():
+    z, y, _ = make_batch(8, 10, "hard")
+    assert temperature_cross_entropy(z.half(), y, 0.3).dtype == torch.float32
+    assert temperature_cross_entropy(z.double(), y, 0.3).dtype == torch.float64
+
+
+def test_build_pgt_loss_temperature_form():
+    z, y, eps = make_batch(8, 10, "smoothed")
+    twin = build_pgt_loss(0.3, "exact", eps, form="temperature")
+    assert_close(grad_of(twin, z.double(), y), 0.3 * reference_grad(z, y, 0.3, eps), rtol=1e-12, atol=1e-15)
+    twin_one = build_pgt_loss(1.0, "exact", eps, form="temperature")  # α 1: plain cross-entropy
+    torch.testing.assert_close(grad_of(twin_one, z, y), grad_of(lambda z, y: F.cross_entropy(z, y, label_smoothing=eps), z, y))
+    for alpha, impl in ((None, "exact"), (0.3, "authors"), (0.3, "official")):  # no twin exists for these
+        with pytest.raises(ValueError, match="temperature needs an alpha and impl exact"):
+            build_pgt_loss(alpha, impl, eps, form="temperature")
+    with pytest.raises(ValueError, match="backward, temperature"):
+        build_pgt_loss(0.3, form="forward")
