@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from timm.utils import dispatch_clip_grad
 
+from pgt_train import calibration
 from pgt_train.dist import all_reduce_max, all_reduce_sum
 from pgt_train.errors import UserError
 
@@ -192,23 +193,31 @@ def eval_metrics(sums: dict, logit_max: float) -> dict:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: Iterable, *, device: torch.device,
-             amp_dtype: Optional[torch.dtype] = None) -> dict:
-    """Cross-entropy, top-1/top-5 and logit statistics over every val image exactly once, summed over ranks.
+             amp_dtype: Optional[torch.dtype] = None, alpha: Optional[float] = None) -> dict:
+    """Cross-entropy, top-1/top-5, logit statistics and calibration (pgt_train.calibration: of softmax(z), and of
+    softmax(alpha·z) when alpha is given) over every val image exactly once, summed over ranks.
 
-    Targets of -1 are padding (DALI's last batch) and count nowhere.
+    Targets of -1 are padding (DALI's last batch) and count nowhere. "reliability" holds the per-bin sums
+    (calibration.finish) for the reliability diagram.
     """
     model.eval()
     sums = torch.zeros(len(EVAL_COLUMNS), device=device, dtype=torch.float64)
+    calib = torch.zeros(calibration.sums_size(alpha), device=device, dtype=torch.float64)
     logit_max = torch.full((1,), -float("inf"), device=device, dtype=torch.float64)
     for images, targets in loader:
         with autocast(device, amp_dtype):
             logits = model(images).double()  # (B, C)
         keep = (targets >= 0).double()  # (B,): masks padding by weight, not by indexing (no host sync)
-        sums += (eval_columns(logits, targets.clamp_min(0)) * keep[:, None]).sum(0)
+        targets = targets.clamp_min(0)
+        sums += (eval_columns(logits, targets) * keep[:, None]).sum(0)
+        calib += calibration.batch_sums(logits, targets, keep, calibration.fit_half(images), alpha)
         logit_max = torch.maximum(logit_max, torch.where(keep[:, None] > 0, logits, -float("inf")).max().view(1))
-    totals = dict(zip(EVAL_COLUMNS, all_reduce_sum(sums).tolist()))
+    reduced = all_reduce_sum(torch.cat([sums, calib]))  # one collective for every sum
+    totals = dict(zip(EVAL_COLUMNS, reduced[:len(EVAL_COLUMNS)].tolist()))
     if totals["images"] == 0:  # the same verdict on every rank (summed); a top-1 of 0 would be saved as best
         raise UserError("validation scored no image: every val image was unreadable or skipped (see the warnings "
                         "above), so this epoch has no result; fix or replace data.root/val (nothing of this epoch "
                         "was saved)")
-    return eval_metrics(totals, all_reduce_max(logit_max).item())
+    calibration_metrics, reliability = calibration.finish(reduced[len(EVAL_COLUMNS):], alpha)
+    return {**calibration_metrics, "reliability": reliability,
+            **eval_metrics(totals, all_reduce_max(logit_max).item())}

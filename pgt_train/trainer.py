@@ -236,7 +236,7 @@ class Trainer:
                                f"end of epoch {self.counters.epochs_done + 1}")
         t_eval = time.perf_counter()
         metrics.update(engine.evaluate(setup.plain_model, setup.val_loader, device=device,
-                                       amp_dtype=setup.step_settings.amp_dtype))
+                                       amp_dtype=setup.step_settings.amp_dtype, alpha=self.cfg.pgt.alpha))
         corrupt = sum(loader.take_corrupt_count() for loader in (setup.train_loader, setup.val_loader))
         metrics["corrupt_images"] = int(all_reduce_sum(torch.tensor([corrupt], device=device)).item())
         is_best = self.counters.count_epoch(metrics["val_top1"])

@@ -20,6 +20,7 @@ class PaperRow:
     table: int
     numbers: dict  # the row of paper_results.yaml: train, test (and gap, note)
     readings: dict  # reading name -> the row recipe's defining settings under that reading
+    alpha_disputed: str = ""  # the paper_results.yaml `disagreements` entry that disputes this row's α, if any
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,17 @@ def reading_overlays(configs: Path) -> dict:
     return {name: path for name, path in found.items() if path.is_file()} or {"recipe": None}
 
 
+def alpha_disputes(paper: dict) -> dict:
+    """Row id -> "id: reading" of the disagreement (paper_results.yaml) over that row's α."""
+    return {row: f"{d['id']}: {d['reading']}" for d in paper.get("disagreements", []) if d["about"] == "alpha"
+            for row in d["rows"]}
+
+
 def load_paper_rows(configs: Path | None, *, table: int | None) -> list[PaperRow]:
     if configs is None:
         return []
     paper = yaml.safe_load(PAPER_RESULTS.read_text())
+    disputed = alpha_disputes(paper)
     index = yaml.safe_load((configs / "paper" / "index.yaml").read_text())
     overlays = reading_overlays(configs)
     rows = []
@@ -62,7 +70,8 @@ def load_paper_rows(configs: Path | None, *, table: int | None) -> list[PaperRow
             recipe = configs.parent / entry["recipe"]
             readings = {name: config.defining_settings(config.load(recipe, overlays=[path] if path else []))
                         for name, path in overlays.items()}
-            rows.append(PaperRow(f"T{n}#{entry['row']}", n, numbers[entry["row"]], readings))
+            row_id = f"T{n}#{entry['row']}"
+            rows.append(PaperRow(row_id, n, numbers[entry["row"]], readings, disputed.get(row_id, "")))
     return rows
 
 
