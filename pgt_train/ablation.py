@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from pgt_train.twin import SCALED, scaled
+from pgt_train.config.twin import SCALED, scaled
 
 ABLATIONS = ("temperature",)  # --ablation's choices
 # The step-size keys: the twin's scaled keys less the clipping threshold, which acts on the gradient, not the step.

@@ -81,3 +81,37 @@ def test_report_groups_the_arms_in_one_table(tmp_path):
     assert [ln.split(" | ")[1] for ln in table] == ["row", "row-twin", "row-temperature", "row-stepsize", "base"]
     assert "| 61.00 ± 1.41 |" in table[0]  # two seeds: their std
     assert "| 61.00 (one seed) | +0.000 |" in table[1] and "| -4.000 |" in table[2] and "| -3.000 |" in table[4]
+
+
+def reproduce(*args):
+    return run_python("scripts/reproduce.py", "--dry-run", "--runs-root", "/tmp/unused-runs", *args)
+
+
+@pytest.mark.slow
+def test_reproduce_puts_the_arms_beside_every_pgt_row():
+    r = reproduce("--table", "1", "--ablation", "temperature", "--rows", "13,14,15,16,17", "data.workers=1")
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("[")]
+    # Table 1's 14 rows, 7 of them PGT: each with (b), (c), (d) after it
+    assert lines[0].startswith("[13/35] row=7 ") and "(b) twin" in lines[1] and "(d) step size" in lines[3]
+    assert lines[1].split()[-1].endswith("resnet50_step_pgt0.05-twin")
+    assert lines[3].split()[-1].endswith("resnet50_step_pgt0.05-stepsize") and "/nopgt/" in lines[3]
+    commands = r.stdout.split("\n    ")
+    assert "data.workers=1" in commands[-1]  # trailing overrides reach the arms
+
+
+@pytest.mark.slow
+def test_reproduce_without_twin_under_the_authors_arithmetic():
+    r = reproduce("--table", "1", "--ablation", "temperature", "--reading", "code", "--impl", "authors",
+                  "--rows", "3,4,5,6")
+    assert r.returncode == 0, r.stderr
+    left_out = [ln for ln in r.stdout.splitlines() if "left out" in ln]
+    assert len(left_out) == 7 and all("(b) twin" in ln and "impl" in ln for ln in left_out)
+    assert "pgt.impl=exact" in r.stdout.split("(c) temperature alone", 1)[1].split("\n[", 1)[0]
+
+
+@pytest.mark.slow
+def test_reproduce_ablation_submits_one_array_with_slurm():
+    r = reproduce("--table", "3", "--ablation", "temperature", "--launcher", "slurm", "--gpus", "4")
+    assert r.returncode == 0, r.stderr
+    assert "would submit: sbatch --parsable --array=0-19%4" in r.stdout  # 8 rows + 4 PGT rows x 3 arms
