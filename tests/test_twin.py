@@ -14,8 +14,10 @@ import torch.nn as nn
 import yaml
 from timm.utils import dispatch_clip_grad
 
-from pgt_train import config, engine, optim, twin
+from pgt_train import config, engine, models, optim, twin
 from pgt_train.pgt import build_pgt_loss
+from pgt_train.writers import read_summary
+from tests.helpers import finish, start_torchrun, tiny_run_args
 
 ALPHA = 0.25
 
@@ -167,3 +169,82 @@ def test_norm_clipping_is_not_exact():
     pgt["pgt"]["form"] = "backward"
     pgt["clip"]["mode"] = twin_run["clip"]["mode"] = "norm"
     assert max_rel_diff(train(pgt), train(twin_run)) > 1e-9
+
+
+# ---------------------------------------------------------------- through pgt-train
+
+
+def recipe_args(run_dir, *extra) -> list[str]:
+    """A PGT recipe with everything the identity must survive: BN, warmup then cosine, Nesterov, weight decay off
+    norms and biases, label smoothing 0.1, 2 accumulation steps, AGC; float64 on the CPU, 3 epochs of 4 steps."""
+    return tiny_run_args(run_dir, "model.dtype=float64", "amp.dtype=none", "run.device=cpu", "sched.name=cosine",
+                         "sched.warmup_lr=0.005", "sched.min_lr=0.001", "optim.nesterov=true",
+                         "optim.weight_decay=5e-3", "optim.decay_norm_and_bias=false", "loss.label_smoothing=0.1",
+                         "data.accum_steps=2", "clip.mode=agc", "clip.value=0.05", *extra, classes=4, img_size=16,
+                         batch=16, train_size=64, val_size=16, epochs=3, warmup=1, lr=0.1, alpha=ALPHA)
+
+
+def twin_args(run_dir, *extra) -> list[str]:
+    return recipe_args(run_dir, "pgt.form=temperature", *extra)
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory):
+    """PGT and its twin, in one process each and under 2 gloo ranks each, all four at once (one thread each)."""
+    tmp = tmp_path_factory.mktemp("twin")
+    procs = {"pgt": start_torchrun(1, recipe_args(tmp / "pgt")), "twin": start_torchrun(1, twin_args(tmp / "twin")),
+             "pgt_ddp": start_torchrun(2, recipe_args(tmp / "pgt_ddp")),
+             "twin_ddp": start_torchrun(2, twin_args(tmp / "twin_ddp"))}
+    for name, proc in procs.items():
+        result = finish(proc, timeout=600)
+        assert result.returncode == 0, f"{name}:\n{result.stdout}\n{result.stderr}"
+    return tmp
+
+
+def saved_weights(run_dir) -> dict:
+    return torch.load(run_dir / "last.pth", map_location="cpu", weights_only=True)["model"]
+
+
+def assert_same_weights(a_dir, b_dir) -> None:
+    a, b = saved_weights(a_dir), saved_weights(b_dir)
+    floats = [k for k in a if a[k].is_floating_point()]
+    assert all(a[k].dtype == torch.float64 for k in floats), "model.dtype float64 did not train in float64"
+    rel = {k: ((a[k] - b[k]).norm() / a[k].norm().clamp_min(1e-300)).item() for k in floats}
+    worst = max(rel, key=rel.get)
+    assert rel[worst] <= 1e-9, f"{worst}: PGT and its twin apart by {rel[worst]:.3g} relative"
+    torch.manual_seed(0)  # the trainer's seed before it builds the model: these are the weights both started from
+    w0 = models.build_model("resnet18", num_classes=4, norm="bn").state_dict()
+    moved = min(((a[k] - w0[k]).norm() / w0[k].norm()).item() for k in ("conv1.weight", "fc.weight"))
+    assert moved > 1e-3, f"training barely moved the weights ({moved:.3g}): their equality would show nothing"
+    summary_a, summary_b = read_summary(a_dir / "summary.csv"), read_summary(b_dir / "summary.csv")
+    for ra, rb in zip(summary_a, summary_b, strict=True):
+        assert float(ra["val_loss"]) == pytest.approx(float(rb["val_loss"]), rel=1e-9)  # both measure CE on z
+        assert float(rb["lr"]) == pytest.approx(float(ra["lr"]) / ALPHA, rel=1e-12)
+
+
+@pytest.mark.slow
+def test_twin_through_pgt_train_ends_at_pgt_weights(cli_runs):
+    assert_same_weights(cli_runs / "pgt", cli_runs / "twin")
+
+
+@pytest.mark.slow
+def test_twin_under_two_gloo_ranks_ends_at_pgt_weights(cli_runs):
+    assert_same_weights(cli_runs / "pgt_ddp", cli_runs / "twin_ddp")
+
+
+@pytest.mark.slow
+def test_twin_run_folder_reloads_and_resumes_without_scaling_twice(cli_runs, capsys):
+    """config.yaml holds the twin's values and pgt.twin_of the PGT ones; read back as a recipe, or by a resume
+    that compares it with the resolved config, nothing is scaled again."""
+    from pgt_train import cli
+    saved = yaml.safe_load((cli_runs / "twin" / "config.yaml").read_text())
+    assert saved["optim"]["lr"] == 0.1 / ALPHA and saved["pgt"]["twin_of"]["lr"] == 0.1
+    assert saved["optim"]["weight_decay"] == 5e-3 * ALPHA and saved["clip"]["value"] == 0.05 * ALPHA
+    assert cli.main(["--config", str(cli_runs / "twin" / "config.yaml"), "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == saved
+    for args in (twin_args(cli_runs / "twin", "--resume", "auto"),
+                 ["--config", str(cli_runs / "twin" / "config.yaml"), "--resume", "auto"]):
+        assert cli.main(args) == 0
+        assert "is finished" in capsys.readouterr().out
+    assert cli.main(recipe_args(cli_runs / "twin", "--resume", "auto")) == 2  # PGT itself is another run
+    assert "pgt.form" in capsys.readouterr().err
