@@ -3,7 +3,8 @@
 #   docker run --rm --gpus all --ipc=host --user "$(id -u):$(id -g)" \
 #       -v /path/to/imagenet:/data -v "$PWD/runs":/workspace/runs pgt-train \
 #       --config configs/resnet50_cosine_pgt.yaml data.root=/data
-# Build args: BASE_IMAGE (any image with python, pip and torch on PATH; tests/docker/ makes a local one),
+# Build args: BASE_IMAGE (any image with python3, `python3 -m pip` and torch: the official PyTorch and NGC
+# images, a conda or venv, or Debian/Ubuntu's own python3; tests/docker/ makes two local ones),
 # EXTRAS (pip extras of pgt-train). Behind a TLS-intercepting proxy, put its CA as docker/ca/*.crt (git-ignored).
 ARG BASE_IMAGE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
 FROM ${BASE_IMAGE}
@@ -22,16 +23,19 @@ RUN apt-get update && apt-get install -y --no-install-recommends tini ca-certifi
 ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 
 WORKDIR /opt/pgt-train
-# Dependencies first, from pyproject.toml alone: a change to pgt_train/ does not reinstall them. The base's
-# torch satisfies torch>=2.4, so pip keeps it.
-COPY pyproject.toml ./
-RUN python -c "import tomllib, sys; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-extras = [e for e in sys.argv[1].split(',') if e]; \
-print('\n'.join(p['dependencies'] + [d for e in extras for d in p['optional-dependencies'][e]]))" "${EXTRAS}" \
-    > /tmp/requirements.txt && pip install -r /tmp/requirements.txt && rm /tmp/requirements.txt
+# python3 and `python3 -m pip`, never `python`/`pip`: Debian and Ubuntu have no `python` command, and the pip on
+# PATH may belong to another Python. PIP_BREAK_SYSTEM_PACKAGES=1, on the two installs only: a Debian/Ubuntu
+# system Python refuses pip installs (PEP 668) unless told; where pip installs anyway (conda, a venv, the
+# official PyTorch and NGC images) it changes nothing, and the image does not keep it for its users.
+# pip installs where the base keeps its torch, and the base's torch satisfies torch>=2.4, so pip keeps it.
+# Dependencies first, from pyproject.toml alone: a change to pgt_train/ does not reinstall them.
+COPY pyproject.toml docker/requirements.py ./
+RUN python3 requirements.py "${EXTRAS}" > /tmp/requirements.txt \
+    && PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt requirements.py
 COPY README.md ./
 COPY pgt_train ./pgt_train
-RUN pip install --no-deps ".[${EXTRAS}]" && rm -rf build *.egg-info
+RUN PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-deps ".[${EXTRAS}]" && rm -rf build *.egg-info
 
 # Recipes and launchers where the user works; runs/ and data/ are mounted volumes. Any uid may write here.
 COPY configs /workspace/configs

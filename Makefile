@@ -29,7 +29,7 @@ setup: $(VENV)/.installed-all
 demo: setup-demo
 	$(BIN)/pgt-train --config configs/demo.yaml
 
-# The Docker test (tests/test_docker.py: a first run builds a base image, ~10 min, mostly waiting on disk and
+# The Docker test (tests/test_docker.py: a first run builds its base images, ~10 min, mostly waiting on disk and
 # network) runs in a second pytest beside the rest of the suite, whose SLURM and torchrun tests mostly wait on
 # timers: on 2 cores the two overlap. Its output follows the suite's; either failing fails `make test`.
 DOCKER_LOG ?= $(or $(TMPDIR),/tmp)/pgt-train-docker-test.log

@@ -12,7 +12,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence, Union
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -67,6 +67,21 @@ def bare_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler:
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
+
+
+def engine_steps(model: torch.nn.Module, batches: Iterator[Batch], *, loss_fn: Callable, optimizer, scheduler,
+                 scaler: torch.amp.GradScaler, amp_dtype: Optional[torch.dtype], steps: int,
+                 start_step: int = 0) -> int:
+    """`steps` optimizer steps as pgt-train's loop takes them (engine.train_step with its device-side metrics,
+    then the per-step schedule) on the next batches of `batches`; returns the images trained."""
+    totals = engine.EpochTotals(next(model.parameters()).device)
+    nonfinite_streak = torch.zeros((), dtype=torch.int64, device=totals.sums.device)
+    for step in range(start_step + 1, start_step + steps + 1):
+        engine.train_step(model, batches, loss_fn=loss_fn, optimizer=optimizer, scaler=scaler,
+                          settings=engine.StepSettings(amp_dtype=amp_dtype), clip_params=[], totals=totals,
+                          nonfinite_streak=nonfinite_streak)
+        scheduler.step_update(step)
+    return int(totals.metrics()["train_images"])
 
 
 def images_per_second(batches: Iterable[Batch], device: torch.device) -> float:

@@ -27,6 +27,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# summary.csv's calibration columns (finish's metrics); _alpha: of softmax(α·z), PGT runs only; _tscaled: the
+# eval half of val at the temperature val_temp_fit fitted on the other half
+COLUMNS = ("val_ece", "val_brier", "val_conf_mean", "val_nll_alpha", "val_ece_alpha", "val_brier_alpha",
+           "val_conf_mean_alpha", "val_temp_fit", "val_nll_tscaled", "val_ece_tscaled")
+RELIABILITY_FILE = "reliability.npz"  # the last validation's bins, in the run folder
 N_BINS = 15
 TEMPERATURES = 2.0 ** (torch.arange(-64, 97, dtype=torch.float64) / 16)
 POINT = 5 + 3 * N_BINS  # point_sums: nll, brier, conf, hits, images, then per bin: images, conf, hits
@@ -35,11 +40,15 @@ _GRID_CHUNK = 1 << 22  # logits entries (temperatures x images x classes) per ch
 
 
 def fit_half(images: torch.Tensor) -> torch.Tensor:
-    """(B,) bool: True for the images of the fit half. The parity of the integer sum of an image's bit
-    patterns: exact (integer addition has no rounding or order) and the same in any batch or world size."""
-    bits = images.detach().view(_INT_OF_SIZE[images.element_size()])
-    total = bits.sum(dim=tuple(range(1, images.dim())), dtype=torch.int64)
-    return total % 2 == 0
+    """(B,) bool: True for the images of the fit half: the parity of the number of set bits in the image's values.
+    Integer arithmetic, so exact and the same in any batch, order or world size; every bit counts (a float32 batch
+    cast to float64 has zero low mantissa bits, which a sum of bit patterns alone would see as one half)."""
+    v = images.detach().view(_INT_OF_SIZE[images.element_size()])
+    shift = 4 * images.element_size()
+    while shift:  # fold each value onto its lowest bit: bit 0 becomes the parity of all its bits
+        v = v ^ (v >> shift)
+        shift //= 2
+    return (v & 1).sum(dim=tuple(range(1, images.dim())), dtype=torch.int64) % 2 == 0
 
 
 def image_stats(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -132,7 +141,7 @@ def finish(sums: torch.Tensor, alpha: Optional[float]) -> tuple[dict, dict]:
     nll = s[offset:offset + 2 * g].reshape(g, 2)
     grid_bins = s[offset + 2 * g:offset + g * (2 + 3 * N_BINS)].reshape(g, 3, N_BINS)
     n_fit, n_eval = s[-2:]
-    if n_fit == 0 or n_eval == 0:  # e.g. a val set of one image: no split to fit and score on
+    if n_fit == 0 or n_eval == 0 or not np.isfinite(nll).all():  # one image, or non-finite logits: no fit
         metrics.update(val_temp_fit=float("nan"), val_nll_tscaled=float("nan"), val_ece_tscaled=float("nan"))
         return metrics, reliability
     best = int(np.argmin(nll[:, 0]))

@@ -12,6 +12,7 @@ import pickle
 import random
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -20,9 +21,11 @@ import torch
 from torch import nn
 
 from pgt_train import config
+from pgt_train.counters import Counters
 from pgt_train.errors import UserError
 
-FORMAT = "pgt-train/1"
+FORMAT = "pgt-train/2"  # the counters as one entry, "counters" (counters.Counters)
+FORMAT_V1 = "pgt-train/1"  # the counters as flat keys (epoch, step, batches_done, best_top1, best_epoch); still read
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile
 
 
@@ -125,23 +128,41 @@ def remove_stale_temps(path: Path) -> list[Path]:
     return removed
 
 
+def is_torch_file(path: Path) -> bool:
+    """A zip archive (torch.save's format) or a pickle (its legacy format, protocol 2 and up: byte 0x80)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
 def load(path: Path, require: tuple[str, ...] = ()) -> dict:
     """Loads a checkpoint written by `save`; refuses anything else with one clear line. `require`: keys that
     must be present (e.g. "model" for weights)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if not is_torch_file(path):
+        raise CheckpointError(f"{path} is not a readable checkpoint: it is not a file torch.save writes (neither a "
+                              f"zip archive nor a pickle); give a .pth that pgt-train wrote")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's own warnings would add lines to the one this raises
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0][:200]
-        raise CheckpointError(f"refused to load {path}: it holds pickled objects that weights_only loading "
-                              f"does not allow (nothing was executed): {first}") from None
+        blocked = re.search(r"GLOBAL (\S+)", str(e))  # torch names the class or function it refused
+        what = f" ({blocked.group(1)})" if blocked else ""
+        raise CheckpointError(f"refused to load {path}: it holds pickled objects{what} that weights_only loading "
+                              f"does not allow (nothing was executed); use a checkpoint that pgt-train wrote") from None
     except Exception as e:  # garbage makes the unpickler fail in many ways (EOFError, IndexError, ...)
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or another format): {first}") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or state.get("format") not in (FORMAT, FORMAT_V1):
         raise CheckpointError(f"{path} is not a pgt-train checkpoint (no '{FORMAT}' format tag)")
+    if state["format"] == FORMAT_V1:
+        state = upgrade_v1(state)
     missing = [key for key in require if key not in state]
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}: it is incomplete or was edited; use another "
@@ -152,20 +173,33 @@ def load(path: Path, require: tuple[str, ...] = ()) -> dict:
     return state
 
 
-RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "batches_done", "best_top1", "config")
+RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "counters", "config")
 
 
-def _int_in(state: dict, key: str, low: int, high: int, source: str) -> int:
-    value = state[key]
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise CheckpointError(f"{source}: {key}={value!r} lies outside [{low}, {high}]; the file is damaged or was "
-                              f"edited; resume from another checkpoint")
-    return value
+def upgrade_v1(state: dict) -> dict:
+    """A "pgt-train/1" file in today's form: its flat counters become one "counters" entry. batches_done counted
+    micro-batches of the saved data.accum_steps; a count that is not whole steps stays fractional, which the
+    resume check refuses. A file too damaged to convert is left without counters (a resume refuses it)."""
+    flat = {key: state[key] for key in ("epoch", "step", "batches_done", "best_top1", "best_epoch") if key in state}
+    rest = {key: value for key, value in state.items() if key not in flat}
+    try:
+        accum = config.flat_settings(state["config"])["data.accum_steps"]
+        steps, micro = divmod(flat["batches_done"], accum)
+        rest["counters"] = {"epochs_done": flat["epoch"], "steps_done": flat["step"],
+                            "epoch_steps_done": flat["batches_done"] / accum if micro else steps,
+                            "best_top1": flat["best_top1"], "best_epoch": flat.get("best_epoch", 0)}
+    except (KeyError, TypeError, ValueError, ZeroDivisionError, config.ConfigError):
+        pass
+    return {**rest, "format": FORMAT}
+
+
+def _damaged(source: str, what: str) -> CheckpointError:
+    return CheckpointError(f"{source}: {what}; the file is damaged or was edited; resume from another checkpoint")
 
 
 def check_resume_state(state: dict, *, source: str, epochs: int) -> None:
     """Counters and config a resume would trust, checked before anything is built: a resume state must hold every
-    part, its config must be a valid one, epoch lie in [0, sched.epochs], best_top1 be -1 (none yet) or in
+    part, its config must be a valid one, epochs_done lie in [0, sched.epochs], best_top1 be -1 (none yet) or in
     [0, 100]. The counters' agreement with the data (check_counters) needs the loader's length."""
     missing = [key for key in RESUME_KEYS if key not in state]
     if missing:
@@ -179,29 +213,28 @@ def check_resume_state(state: dict, *, source: str, epochs: int) -> None:
     except (UserError, TypeError, ValueError) as e:
         raise CheckpointError(f"{source}: the config saved in it is not valid ({e}); the file is damaged or was "
                               f"edited") from None
-    _int_in(state, "epoch", 0, epochs, source)
-    _int_in(state, "step", 0, 2**62, source)
-    _int_in(state, "batches_done", 0, 2**62, source)
-    saved_accum = config.flat_settings(state["config"])["data.accum_steps"]
-    if state["batches_done"] % saved_accum:
-        raise CheckpointError(f"{source}: batches_done={state['batches_done']} is not a whole number of optimizer "
-                              f"steps of {saved_accum} micro-batches; the file is damaged or was edited")
-    best = state["best_top1"]
-    if not isinstance(best, (int, float)) or isinstance(best, bool) or not (best == -1.0 or 0.0 <= best <= 100.0):
-        raise CheckpointError(f"{source}: best_top1={best!r} is neither -1 (none yet) nor a top-1 in [0, 100]; "
-                              f"the file is damaged or was edited")
+    try:
+        counters = Counters.from_state_dict(state["counters"])
+    except ValueError as e:
+        raise _damaged(source, str(e)) from None
+    for key, high in (("epochs_done", epochs), ("steps_done", 2**62), ("epoch_steps_done", 2**62)):
+        if not 0 <= getattr(counters, key) <= high:
+            raise _damaged(source, f"{key}={getattr(counters, key)!r} lies outside [0, {high}]")
+    best = counters.best_top1
+    if not (best == -1.0 or 0.0 <= best <= 100.0):
+        raise _damaged(source, f"best_top1={best!r} is neither -1 (none yet) nor a top-1 in [0, 100]")
+    if not 0 <= counters.best_epoch <= counters.epochs_done:
+        raise _damaged(source, f"best_epoch={counters.best_epoch} lies outside [0, {counters.epochs_done}]")
 
 
-def check_counters(counters: dict, *, steps_per_epoch: int, saved_accum: int, source: str) -> None:
-    """The saved counters must describe a point of this run: batches_done whole optimizer steps of the epoch in
-    progress, fewer than an epoch, and step = epoch x steps_per_epoch + those steps."""
-    epoch, step, done = counters["epoch"], counters["step"], counters["batches_done"]
-    steps_done, rest = divmod(done, max(saved_accum, 1))
-    if rest or steps_done >= steps_per_epoch or step != epoch * steps_per_epoch + steps_done:
-        raise CheckpointError(
-            f"{source}: its counters (epoch {epoch}, step {step}, {done} micro-batches of {saved_accum} per step "
-            f"done) do not fit this run's {steps_per_epoch} steps per epoch; the file is damaged or was edited, or "
-            f"the data changed; resume from another checkpoint")
+def check_counters(counters: Counters, *, steps_per_epoch: int, source: str) -> None:
+    """The saved counters must describe a point of this run: fewer steps of the epoch in progress than an epoch
+    holds, and steps_done = epochs_done x steps_per_epoch + those steps."""
+    misfit = counters.misfit(steps_per_epoch)
+    if misfit:
+        raise CheckpointError(f"{source}: its counters ({misfit}) do not fit this run's {steps_per_epoch} steps per "
+                              f"epoch; the file is damaged or was edited, or the data changed; resume from another "
+                              f"checkpoint")
 
 
 def reconcile_best(run_dir: Path, state: dict) -> tuple[dict, Optional[str]]:
@@ -211,7 +244,8 @@ def reconcile_best(run_dir: Path, state: dict) -> tuple[dict, Optional[str]]:
     the new best epoch and best.pth older or missing; last.pth then *is* the best state, so best.pth is rewritten
     from it. Where the best epoch's weights are gone (an older checkpoint, a removed file), the run's best
     becomes what best.pth holds, so the next better epoch replaces it. Returns (state, message or None)."""
-    recorded, best_epoch = state["best_top1"], state.get("best_epoch")
+    counters = Counters.from_state_dict(state["counters"])  # checked by check_resume_state
+    recorded, best_epoch = counters.best_top1, counters.best_epoch or None  # 0: not recorded (an older file)
     if recorded < 0:
         return state, None
     path = Path(run_dir) / "best.pth"
@@ -221,19 +255,21 @@ def reconcile_best(run_dir: Path, state: dict) -> tuple[dict, Optional[str]]:
     except CheckpointError:
         best, problem = None, "is unreadable"
     if best is not None:
-        same = best.get("best_top1") == recorded and (best_epoch is None or best.get("epoch") == best_epoch)
-        if same:
+        held = best.get("counters") if isinstance(best.get("counters"), dict) else {}
+        if held.get("best_top1") == recorded and best_epoch in (None, held.get("epochs_done")):
             return state, None
-        problem = f"holds epoch {best.get('epoch')} (val top-1 {best.get('best_top1', float('nan')):.2f})"
+        problem = f"holds epoch {held.get('epochs_done')} (val top-1 {held.get('best_top1', float('nan')):.2f})"
     told = f"the run recorded its best val top-1 {recorded:.2f} at epoch {best_epoch or '?'}"
-    if best_epoch is not None and best_epoch == state["epoch"] and state["batches_done"] == 0:
+    if best_epoch is not None and best_epoch == counters.epochs_done and counters.epoch_steps_done == 0:
         save(path, {k: v for k, v in state.items() if k != "format"})
         return state, f"repaired {path}: it {problem} but {told}, whose state the resume checkpoint holds; rewritten"
-    kept = best.get("best_top1", -1.0) if best is not None else -1.0
-    kept = kept if isinstance(kept, (int, float)) and math.isfinite(kept) else -1.0
-    state = {**state, "best_top1": kept, "best_epoch": best.get("epoch") if best is not None else 0}
-    return state, (f"warning: {path} {problem} but {told}, whose weights are gone; best.pth is kept and an epoch "
-                   f"better than {kept:.2f} replaces it")
+    kept = held.get("best_top1", -1.0) if best is not None else -1.0
+    kept = float(kept) if isinstance(kept, (int, float)) and math.isfinite(kept) else -1.0
+    kept_epoch = held.get("epochs_done", 0) if best is not None and kept >= 0 else 0
+    counters.best_top1, counters.best_epoch = kept, kept_epoch if isinstance(kept_epoch, int) else 0
+    return {**state, "counters": counters.state_dict()}, (
+        f"warning: {path} {problem} but {told}, whose weights are gone; best.pth is kept and an epoch better than "
+        f"{kept:.2f} replaces it")
 
 
 def load_model_weights(model: nn.Module, state_dict: dict, *, source: str, model_name: str) -> None:
@@ -250,19 +286,16 @@ def load_model_weights(model: nn.Module, state_dict: dict, *, source: str, model
     model.load_state_dict(state_dict)
 
 
-def capture(*, model: nn.Module, optimizer, scheduler, scaler, epoch: int, step: int, batches_done: int,
-            best_top1: float, best_epoch: int, config: dict, rng: list[dict]) -> dict:
-    """The full resume state. epoch: the epoch in progress (0-based); batches_done: micro-batches of it
-    already trained (0 at an epoch boundary), a whole number of optimizer steps of config's data.accum_steps;
-    best_epoch: the epoch (from 1) whose val top-1 is best_top1, 0 before any; rng: one rng_state() per rank."""
+def capture(*, model: nn.Module, optimizer, scheduler, scaler, counters: Counters, config: dict,
+            rng: list[dict]) -> dict:
+    """The full resume state; rng: one rng_state() per rank."""
     from pgt_train.models import unwrap
     return {
         "model": clean_state_dict(unwrap(model).state_dict()),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
-        "epoch": epoch, "step": step, "batches_done": batches_done, "best_top1": best_top1,
-        "best_epoch": best_epoch, "config": config, "rng": rng,
+        "counters": counters.state_dict(), "config": config, "rng": rng,
     }
 
 
@@ -282,7 +315,7 @@ def check_compatible(saved: dict, current: dict, *, source: str) -> None:
 
 
 def restore(state: dict, *, model: nn.Module, optimizer, scheduler, scaler, rank: int, source: str,
-            config: dict) -> dict:
+            config: dict) -> Counters:
     """Loads every part of `state` into the live objects; returns the counters to continue from."""
     from pgt_train.models import unwrap
     check_compatible(state.get("config", {}), config, source=source)
@@ -298,17 +331,4 @@ def restore(state: dict, *, model: nn.Module, optimizer, scheduler, scaler, rank
     rngs = state.get("rng") or []
     if rank < len(rngs):
         set_rng_state(rngs[rank])
-    counters = {k: state[k] for k in ("epoch", "step", "batches_done", "best_top1")}
-    counters["best_epoch"] = state.get("best_epoch", 0)
-    return {**counters, "batches_done": adapt_batches_done(state["batches_done"], saved=state["config"],
-                                                           current=config)}
-
-
-def adapt_batches_done(batches_done: int, *, saved: dict, current: dict) -> int:
-    """Micro-batches of the epoch done, in today's micro-batches. data.accum_steps may change on a resume (the
-    global batch, hence what an optimizer step trains, stays): a checkpoint lies on an optimizer-step boundary,
-    so the images done are (batches_done / saved accum) steps x data.batch_size, the same whatever the split,
-    and each rank skips steps x today's accum_steps micro-batches of today's size: the same images."""
-    saved_accum = config.flat_settings(saved)["data.accum_steps"]
-    current_accum = config.flat_settings(current)["data.accum_steps"]
-    return batches_done // saved_accum * current_accum
+    return Counters.from_state_dict(state["counters"])

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from pgt_train import checkpoint, config, data, dist, engine, preempt, runlock, trainer, writers
+from pgt_train.counters import Counters
 from pgt_train.errors import UserError
 
 EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 3, 1, 130
@@ -97,6 +98,32 @@ def restartable(run_dir: Path, cfg: config.Config) -> bool:
         return False
 
 
+def check_apart(run_dir: Path, data_root: Path) -> None:
+    """run.dir and data.root never nest, compared as real paths (symlinks followed, also those of data.root's
+    split and class folders): a run's files inside the data would be scanned as images (report figures are
+    PNGs), and data inside a run folder would sit among files the run overwrites."""
+    run_real = run_dir.expanduser().resolve()
+    for folder in data_folders(data_root.expanduser()):
+        if run_real == folder or folder in run_real.parents:
+            raise UserError(f"run.dir {run_dir} lies inside data.root {data_root} (in {folder}), where its files "
+                            f"would be read as images; choose a run.dir outside data.root")
+        if run_real in folder.parents:
+            raise UserError(f"data.root {data_root} (its folder {folder}) lies inside run.dir {run_dir}; choose a "
+                            f"run.dir that does not hold the data")
+
+
+def data_folders(root: Path) -> list[Path]:
+    """The real paths of data.root and of the split and class folders under it that are symlinks."""
+    folders = [root.resolve()]
+    try:
+        for split in root.iterdir():
+            if split.is_dir():
+                folders += [entry.resolve() for entry in (split, *split.iterdir()) if entry.is_symlink()]
+    except OSError:  # not a folder, unreadable: data.check_folders says which
+        pass
+    return folders
+
+
 def check_setup(cfg: config.Config) -> None:
     """What the config alone cannot tell: the machine and the per-process batch."""
     if cfg.run.device == "cuda" and not torch.cuda.is_available():
@@ -135,6 +162,8 @@ def preflight(args: argparse.Namespace, cfg: config.Config) -> tuple[Path | None
     run_dir = Path(cfg.run.dir)
     resume_path = resolve_resume(args.resume, run_dir)
     check_run_dir(run_dir, resume_path, resume_auto=args.resume == "auto", cfg=cfg)
+    if cfg.data.loader != "synthetic":  # the synthetic loader reads nothing from data.root
+        check_apart(run_dir, Path(cfg.data.root))
     check_setup(cfg)
     data.check_folders(cfg.data, num_classes=cfg.model.num_classes)  # before a model of num_classes is built
     data.check_decoder(cfg.data)
@@ -147,6 +176,7 @@ def preflight(args: argparse.Namespace, cfg: config.Config) -> tuple[Path | None
 
 
 def train(args: argparse.Namespace) -> int:
+    """pgt-train's run: config, checks, then under the run folder's lock: build, restore, fit."""
     if args.config is None:
         raise UserError("--config is required (e.g. --config configs/demo.yaml)")
     overlays = [config.reading_path(args.reading)] if args.reading else []
@@ -158,75 +188,78 @@ def train(args: argparse.Namespace) -> int:
     init = (load_init_weights(cfg.model.init_from)
             if cfg.model.init_from and resume_state is None else None)  # a resume brings its own weights
     # One writer per run folder, held to the end: rank 0 writes there (the other ranks never do, and wait for
-    # rank 0 at the rendezvous, which a refused rank 0 never reaches: torchrun then ends them)
-    with runlock.RunLock(Path(cfg.run.dir), enabled=int(os.environ.get("RANK", "0")) == 0):
-        return train_locked(args, cfg, resume_path, resume_state, init)
+    # rank 0 at the rendezvous, which a refused rank 0 never reaches: torchrun then ends them). SIGTERM/SIGUSR1
+    # are recorded from the lock on, not only once training starts: a SLURM warning that arrives while the
+    # ranks still build stops the run after its first step, with a checkpoint.
+    with runlock.RunLock(Path(cfg.run.dir), enabled=is_rank_zero()) as lock, preempt.StopRequest() as stop:
+        resume_state = settle_resume(args, cfg, resume_path, resume_state)
+        if resume_state is not None and resume_state["counters"]["epochs_done"] >= cfg.sched.epochs:
+            print(f"{cfg.run.dir} is finished ({resume_state['counters']['epochs_done']}/{cfg.sched.epochs} epochs); "
+                  f"nothing to do. To train further, start a new run.dir with --init-from {resume_path} and its own "
+                  f"schedule")
+            return 0
+        run = build_trainer(cfg, resume_path, resume_state, init, run_lock=lock if is_rank_zero() else None,
+                            stop=stop)
+        end_epoch = (cfg.sched.epochs if args.run_epochs is None
+                     else min(cfg.sched.epochs, run.counters.epochs_done + args.run_epochs))
+        exit_code = run.fit(end_epoch)
+        if exit_code == 0 and run.last_metrics is not None:
+            run.log(results_table(run.last_metrics, run.counters.best_top1, Path(cfg.run.dir)))
+        dist.shutdown()
+        return exit_code
 
 
-def train_locked(args: argparse.Namespace, cfg: config.Config, resume_path: Path | None, resume_state: dict | None,
-                 init: dict | None) -> int:
-    """train() once this process holds the run folder's lock."""
+def is_rank_zero() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def settle_resume(args: argparse.Namespace, cfg: config.Config, resume_path: Path | None,
+                  resume_state: dict | None) -> dict | None:
+    """Under the lock: the run folder checked again (another writer may have filled it since preflight looked),
+    and best.pth made to agree with the resume state."""
     run_dir = Path(cfg.run.dir)
-    # again under the lock: another writer may have filled the folder since preflight looked
     check_run_dir(run_dir, resume_path, resume_auto=args.resume == "auto", cfg=cfg)
-    if resume_state is not None and int(os.environ.get("RANK", "0")) == 0:
+    if resume_state is not None and is_rank_zero():
         resume_state, note = checkpoint.reconcile_best(run_dir, resume_state)
         if note:
             print(note)
-    if resume_state is not None and resume_state["epoch"] >= cfg.sched.epochs:
-        print(f"{run_dir} is finished ({resume_state['epoch']}/{cfg.sched.epochs} epochs); nothing to do. To train "
-              f"further, start a new run.dir with --init-from {resume_path} and its own schedule")
-        return 0
-    # SIGTERM/SIGUSR1 are recorded from here on, not only once training starts: a SLURM warning that arrives
-    # while the ranks still build (seen under load: it killed them with no checkpoint) stops after the first step
-    stop = preempt.StopRequest()
-    try:
-        return run_training(args, cfg, resume_path, resume_state, init, stop=stop)
-    finally:
-        stop.restore()
+    return resume_state
 
 
-def run_training(args: argparse.Namespace, cfg: config.Config, resume_path: Path | None, resume_state: dict | None,
-                 init: dict | None, *, stop: preempt.StopRequest) -> int:
-    """Builds the run's parts, restores a resume, trains; returns the exit code (0 done, 75 preempted)."""
+def build_trainer(cfg: config.Config, resume_path: Path | None, resume_state: dict | None, init: dict | None, *,
+                  run_lock: runlock.RunLock | None, stop: preempt.StopRequest) -> trainer.Trainer:
+    """Joins the ranks, builds the run, restores a resume, writes config.yaml and prints the banner."""
     run_dir = Path(cfg.run.dir)
-    info = dist.init(cfg.run.device, timeout_s=cfg.run.dist_timeout_s)
-    log = print if info.is_main else (lambda *a, **k: None)
-    if info.device.type == "cuda":
+    world = dist.init(cfg.run.device, timeout_s=cfg.run.dist_timeout_s)
+    log = print if world.is_main else (lambda *a, **k: None)
+    if world.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     elif cfg.amp.dtype != "none":
         log(f"note: amp.dtype={cfg.amp.dtype} needs CUDA; training in fp32 on the CPU")
-    parts = trainer.build_parts(cfg, info, init_weights=init, init_source=str(cfg.model.init_from))
-    start = {"epoch": 0, "step": 0, "batches_done": 0, "best_top1": -1.0}
+    setup = trainer.build_setup(cfg, world, init_weights=init, init_source=str(cfg.model.init_from))
+    counters = Counters()
     if resume_state is not None:
-        start = checkpoint.restore(resume_state, model=parts.plain_model, optimizer=parts.optimizer,
-                                   scheduler=parts.scheduler, scaler=parts.scaler, rank=info.rank,
-                                   source=str(resume_path), config=config.to_dict(cfg))
-        checkpoint.check_counters(start, steps_per_epoch=parts.steps_per_epoch, saved_accum=cfg.data.accum_steps,
-                                  source=str(resume_path))
-        log(f"resumed from {resume_path}: epoch {start['epoch'] + 1}, step {start['step']}")
+        counters = checkpoint.restore(resume_state, model=setup.plain_model, optimizer=setup.optimizer,
+                                      scheduler=setup.scheduler, scaler=setup.scaler, rank=world.rank,
+                                      source=str(resume_path), config=config.to_dict(cfg))
+        checkpoint.check_counters(counters, steps_per_epoch=setup.steps_per_epoch, source=str(resume_path))
+        log(f"resumed from {resume_path}: epoch {counters.epochs_done + 1}, step {counters.steps_done}")
     else:
-        parts.scheduler.step_update(0)
-    if info.is_main:
+        setup.scheduler.step_update(0)
+    if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(config.to_yaml(cfg))
-    log(banner(cfg, parts, info))
-    run = trainer.Trainer(cfg, parts, info=info, run_dir=run_dir, log=log, start=start,
-                          resume_totals=(resume_state or {}).get("epoch_totals"),
-                          resume_diag=(resume_state or {}).get("diagnostics"), stop=stop)
-    end_epoch = cfg.sched.epochs if args.run_epochs is None else min(cfg.sched.epochs, start["epoch"] + args.run_epochs)
-    exit_code = run.fit(end_epoch)
-    if exit_code == 0 and run.last_metrics is not None:
-        log(results_table(run.last_metrics, run.best_top1, run_dir))
-    dist.shutdown()
-    return exit_code
+    log(banner(cfg, setup, world))
+    return trainer.Trainer(cfg, setup, world=world, run_dir=run_dir, log=log, counters=counters, stop=stop,
+                           resume_state=resume_state, run_lock=run_lock)
 
 
-def banner(cfg: config.Config, parts: trainer.Parts, info: dist.DistInfo) -> str:
-    params = sum(p.numel() for p in parts.plain_model.parameters()) / 1e6
+def banner(cfg: config.Config, setup: trainer.TrainingSetup, world: dist.DistInfo) -> str:
+    params = sum(p.numel() for p in setup.plain_model.parameters()) / 1e6
     alpha = "off" if cfg.pgt.alpha is None else f"alpha={cfg.pgt.alpha} ({cfg.pgt.impl})"
-    return (f"pgt-train: {cfg.model.name} ({params:.1f}M params) on {info.world_size} x {info.device.type}, "
-            f"global batch {cfg.data.batch_size}, {parts.steps_per_epoch} steps/epoch, PGT {alpha}, run dir {cfg.run.dir}")
+    return (f"pgt-train: {cfg.model.name} ({params:.1f}M params) on {world.world_size} x {world.device.type}, "
+            f"global batch {cfg.data.batch_size}, {setup.steps_per_epoch} steps/epoch, PGT {alpha}, "
+            f"run dir {cfg.run.dir}")
 
 
 def results_table(m: dict, best_top1: float, run_dir: Path) -> str:

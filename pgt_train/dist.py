@@ -35,7 +35,8 @@ class DistInfo:
         return self.rank == 0
 
     @property
-    def enabled(self) -> bool:
+    def is_distributed(self) -> bool:
+        """More than one process: collectives are real."""
         return self.world_size > 1
 
 

@@ -1,40 +1,37 @@
-"""The training step and the evaluation loop: train_one_epoch and evaluate.
+"""The training step and the evaluation loop: train_step and evaluate.
 
 One code path for every mode: autocast and GradScaler are disabled rather than branched around
 (fp32 on the CPU), a world of one has no DDP wrapper, accumulation only decides when to step.
-Metrics accumulate on the device; the host synchronises only every `log_interval` steps and at
-the end of the epoch, where the sums are reduced over all ranks.
+Metrics accumulate on the device; nothing here synchronises with the host: the trainer reads the
+sums every `run.log_interval` steps and at the end of the epoch, where they are reduced over all ranks.
 """
 from __future__ import annotations
 
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from timm.utils import dispatch_clip_grad
-from tqdm import tqdm
 
+from pgt_train import calibration
 from pgt_train.dist import all_reduce_max, all_reduce_sum
 from pgt_train.errors import UserError
-from pgt_train.optim import current_lr
 
 
 class NonFiniteLoss(RuntimeError):
     """The loss stayed NaN/inf too long, or the weights became non-finite; the run must stop."""
 
 
-@dataclass
-class StepOptions:
+@dataclass(frozen=True)
+class StepSettings:
     """How one optimizer step is taken; fixed for the whole run."""
     accum_steps: int = 1
     amp_dtype: Optional[torch.dtype] = None  # None: fp32
     clip_mode: str = "none"  # none | norm | value | agc
     clip_value: float = 1.0
-    log_interval: int = 50
-    max_nonfinite_steps: int = 100
 
 
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):
@@ -56,41 +53,79 @@ def clip_parameters(model: torch.nn.Module, mode: str) -> list[torch.nn.Paramete
 
 
 class EpochTotals:
-    """One epoch's running sums on the device, plus its training time on the host.
+    """One epoch's running sums on the device, plus its training time and data wait on the host.
 
     sums = [Σ loss·n over micro-batches with a finite loss, top-1 hits, images, images with a finite loss].
     A mid-epoch checkpoint carries them (summed over ranks) so a resumed epoch's summary row still covers
-    the whole epoch; `nonfinite_run` (consecutive non-finite losses) lives in the trainer across epochs.
+    the whole epoch. A segment is one uninterrupted stretch of training of the epoch (a resume starts another).
     """
 
-    def __init__(self, device: torch.device, saved: Optional[dict] = None):
+    def __init__(self, device: torch.device, saved: Optional[dict] = None, world_size: int = 1):
         self.sums = torch.zeros(4, device=device, dtype=torch.float64)
-        self.elapsed_s = 0.0  # training time in finished segments (a segment: one train_one_epoch call)
+        self.world_size = world_size
+        self.elapsed_s = 0.0  # training wall time of the finished segments
+        self.data_wait_s = 0.0  # of it, blocked in the loader's next() (this rank; summed over ranks if saved)
         self.segment_start: Optional[float] = None  # perf_counter() while a segment runs
         if saved:  # rank 0 resumes with every rank's sums; the others start from zero: their sum is the total
             self.sums += saved["sums"].to(device=device, dtype=torch.float64)
             self.elapsed_s = float(saved["elapsed_s"])
+            self.data_wait_s = float(saved.get("data_wait_s", 0.0))
+
+    def start_segment(self) -> None:
+        self.segment_start = time.perf_counter()
+
+    def end_segment(self) -> None:
+        """After the segment's work is done on the device (the caller synchronises CUDA first)."""
+        self.elapsed_s += time.perf_counter() - self.segment_start
+        self.segment_start = None
+
+    def timed(self, loader: Iterable) -> Iterator:
+        """Iterates `loader`, adding the seconds spent blocked in starting it and in its next() to data_wait_s
+        (host clock only: no device synchronisation)."""
+        start = time.perf_counter()
+        batches = iter(loader)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            finally:
+                self.data_wait_s += time.perf_counter() - start
+            yield batch
+            start = time.perf_counter()
+
+    def _reduced(self) -> list[float]:
+        """[*sums, data wait] summed over ranks, in one collective."""
+        wait = torch.tensor([self.data_wait_s], device=self.sums.device, dtype=torch.float64)
+        return all_reduce_sum(torch.cat([self.sums, wait])).tolist()
 
     def state_dict(self) -> dict:
         """Summed over ranks (a collective: every rank must call it); the time includes the running segment."""
+        *sums, wait = self._reduced()
         running = time.perf_counter() - self.segment_start if self.segment_start is not None else 0.0
-        return {"sums": all_reduce_sum(self.sums.clone()).cpu(), "elapsed_s": self.elapsed_s + running}
+        return {"sums": torch.tensor(sums, dtype=torch.float64), "elapsed_s": self.elapsed_s + running,
+                "data_wait_s": wait}
 
     def metrics(self) -> dict:
-        """Reduced over ranks (a collective). train_loss is NaN when no micro-batch had a finite loss."""
-        loss_sum, correct, count, finite = all_reduce_sum(self.sums.clone()).tolist()
+        """Reduced over ranks (a collective). train_loss is NaN when no micro-batch had a finite loss.
+        data_wait_pct: the mean rank's share of training wall time blocked in its loader's next();
+        loader_img_per_s: images one rank's loader delivered per second of training wall time (mean over ranks)."""
+        loss_sum, correct, count, finite, wait = self._reduced()
+        elapsed = max(self.elapsed_s, 1e-9)
         return {"train_loss": loss_sum / finite if finite else float("nan"),
                 "train_top1": 100 * correct / max(count, 1), "train_images": int(count),
                 "train_nonfinite_images": int(count - finite),
-                "train_img_per_s": count / max(self.elapsed_s, 1e-9)}  # all ranks' images
+                "train_img_per_s": count / elapsed,  # all ranks' images
+                "data_wait_pct": min(100.0, 100 * wait / self.world_size / elapsed),
+                "loader_img_per_s": count / self.world_size / elapsed}
 
 
-def _accumulate(totals: EpochTotals, nonfinite_run: torch.Tensor, loss: torch.Tensor, logits: torch.Tensor,
+def _accumulate(totals: EpochTotals, nonfinite_streak: torch.Tensor, loss: torch.Tensor, logits: torch.Tensor,
                 targets: torch.Tensor) -> None:
     """Device-side only: python scalars go in as kernel arguments, no host copies."""
     with torch.no_grad():
         finite = torch.isfinite(loss)
-        nonfinite_run.copy_(torch.where(finite, 0, nonfinite_run + 1))
+        nonfinite_streak.copy_(torch.where(finite, 0, nonfinite_streak + 1))
         n = targets.shape[0]
         totals.sums[0] += torch.where(finite, loss.detach().double() * n, 0.0)
         totals.sums[1] += (logits.argmax(1) == targets).sum()
@@ -98,88 +133,52 @@ def _accumulate(totals: EpochTotals, nonfinite_run: torch.Tensor, loss: torch.Te
         totals.sums[3] += finite.double() * n
 
 
-def check_nonfinite(nonfinite_run, limit: int, where: str) -> None:
+def check_nonfinite(nonfinite_streak, limit: int, where: str) -> None:
     """Raises NonFiniteLoss once `limit` consecutive losses were NaN/inf (a tensor costs one host sync)."""
-    count = int(nonfinite_run)
+    count = int(nonfinite_streak)
     if count >= limit:
         raise NonFiniteLoss(f"loss was not finite for {count} consecutive micro-batches ({where})")
 
 
-def train_one_epoch(model: torch.nn.Module, loader: Iterable, loss_fn: Callable, optimizer: torch.optim.Optimizer,
-                    scheduler, scaler: torch.amp.GradScaler, *, device: torch.device, epoch: int, start_step: int,
-                    steps: int, opts: StepOptions, clip_params: list, totals: EpochTotals,
-                    nonfinite_run: torch.Tensor, progress: bool = False,
-                    on_step: Optional[Callable[[int], bool]] = None) -> dict:
-    """Trains `steps` optimizer steps of `opts.accum_steps` micro-batches each, adding to `totals`.
+def train_step(model: torch.nn.Module, batches: Iterator, *, loss_fn: Callable, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, settings: StepSettings, clip_params: list, totals: EpochTotals,
+               nonfinite_streak: torch.Tensor) -> None:
+    """One optimizer step on the next `settings.accum_steps` micro-batches of `batches`, adding to `totals`.
 
-    start_step is the global optimizer-step count before these steps (the scheduler is per iteration).
-    nonfinite_run: 0-dim int64 device tensor, consecutive non-finite losses, carried across epochs.
-    on_step(global_step) runs after every optimizer step on the host (no sync); returning True stops
-    the epoch early (preemption). Returns this epoch's metrics, summed over all ranks.
+    nonfinite_streak: 0-dim int64 device tensor, consecutive non-finite losses (the caller keeps it across
+    epochs). The scaler skips the update when fp16 gradients overflowed. No host synchronisation.
     """
-    model.train()
-    step, micro, stopped = start_step, 0, False
-    used_lr = current_lr(optimizer)  # the LR of this call's last optimizer step (set before it by the scheduler)
-    bar = tqdm(total=steps, desc=f"epoch {epoch}", disable=not progress, dynamic_ncols=True, leave=False)
-    totals.segment_start = time.perf_counter()
-    for images, targets in loader:
-        final_micro = (micro + 1) % opts.accum_steps == 0
+    for micro in range(settings.accum_steps):
+        images, targets = next(batches)
         # DDP all-reduces gradients on every backward unless told not to; only the final micro-batch syncs
-        sync = nullcontext() if final_micro or not hasattr(model, "no_sync") else model.no_sync()
-        with sync:
-            with autocast(device, opts.amp_dtype):
+        final = micro == settings.accum_steps - 1
+        with nullcontext() if final or not hasattr(model, "no_sync") else model.no_sync():
+            with autocast(images.device, settings.amp_dtype):
                 logits = model(images)
                 loss = loss_fn(logits, targets)
-            scaler.scale(loss / opts.accum_steps).backward()
-        micro += 1
-        _accumulate(totals, nonfinite_run, loss, logits, targets)
-        if not final_micro:
-            continue
-        used_lr = current_lr(optimizer)
-        _optimizer_step(optimizer, scaler, opts, clip_params)
-        step += 1
-        scheduler.step_update(step)
-        bar.update(1)
-        if step % opts.log_interval == 0:
-            # the only host sync inside the epoch: the sums and the non-finite count in one copy
-            loss_sum, correct, count, finite, bad = torch.cat([totals.sums, nonfinite_run.view(1)]).tolist()
-            bar.set_postfix(loss=f"{loss_sum / max(finite, 1):.3f}", top1=f"{100 * correct / max(count, 1):.1f}",
-                            lr=f"{current_lr(optimizer):.4g}")
-            check_nonfinite(int(bad), opts.max_nonfinite_steps, f"epoch {epoch}, step {step}")
-        if on_step is not None and on_step(step):
-            stopped = True
-            break
-        if step - start_step >= steps:
-            break
-    bar.close()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    totals.elapsed_s += time.perf_counter() - totals.segment_start
-    totals.segment_start = None
-    # lr: what the epoch's last step used (an epoch-held schedule: the one LR of all its steps), not the LR the
-    # scheduler set after it for the next step
-    return {**totals.metrics(), "lr": used_lr, "step": step, "stopped": stopped}
-
-
-def _optimizer_step(optimizer, scaler: torch.amp.GradScaler, opts: StepOptions, clip_params: list) -> None:
-    if opts.clip_mode != "none":
+            scaler.scale(loss / settings.accum_steps).backward()
+        _accumulate(totals, nonfinite_streak, loss, logits, targets)
+    if settings.clip_mode != "none":
         scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
-        dispatch_clip_grad(clip_params, opts.clip_value, mode=opts.clip_mode)
-    scaler.step(optimizer)  # skipped by the scaler when fp16 gradients overflowed
+        dispatch_clip_grad(clip_params, settings.clip_value, mode=settings.clip_mode)
+    scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: Iterable, *, device: torch.device,
-             amp_dtype: Optional[torch.dtype] = None) -> dict:
-    """Cross-entropy, top-1/top-5 and logit statistics over every val image exactly once, summed over ranks.
+             amp_dtype: Optional[torch.dtype] = None, alpha: Optional[float] = None) -> dict:
+    """Cross-entropy, top-1/top-5, logit statistics and calibration (pgt_train.calibration: of softmax(z), and of
+    softmax(alpha·z) when alpha is given) over every val image exactly once, summed over ranks.
 
-    Targets of -1 are padding (DALI's last batch) and count nowhere.
+    Targets of -1 are padding (DALI's last batch) and count nowhere. "reliability" holds the per-bin sums
+    (calibration.finish) for the reliability diagram.
     """
     model.eval()
     # [sum CE, top-1 hits, top-5 hits, images, sum of per-image logit L2 norms, sum z, sum z^2, entries]
     sums = torch.zeros(8, device=device, dtype=torch.float64)
+    calib = torch.zeros(calibration.sums_size(alpha), device=device, dtype=torch.float64)
     logit_max = torch.full((1,), -float("inf"), device=device, dtype=torch.float64)
     for images, targets in loader:
         with autocast(device, amp_dtype):
@@ -192,15 +191,18 @@ def evaluate(model: torch.nn.Module, loader: Iterable, *, device: torch.device,
             torch.ones_like(keep), logits.norm(dim=1), logits.sum(1), logits.square().sum(1),
             torch.full_like(keep, logits.shape[1])], dim=1)  # (B, 8)
         sums += (per_image * keep[:, None]).sum(0)
+        calib += calibration.batch_sums(logits, targets, keep, calibration.fit_half(images), alpha)
         logit_max = torch.maximum(logit_max, torch.where(keep[:, None] > 0, logits, -float("inf")).max().view(1))
-    ce, top1, top5, n, norm_sum, z_sum, z2_sum, entries = all_reduce_sum(sums).tolist()
+    reduced = all_reduce_sum(torch.cat([sums, calib]))  # one collective for every sum
+    ce, top1, top5, n, norm_sum, z_sum, z2_sum, entries = reduced[:8].tolist()
     if n == 0:  # the same verdict on every rank (summed); a top-1 of 0 would be logged, saved as best and reported
         raise UserError("validation scored no image: every val image was unreadable or skipped (see the warnings "
                         "above), so this epoch has no result; fix or replace data.root/val (nothing of this epoch "
                         "was saved)")
     n_safe, e_safe = max(n, 1), max(entries, 1)
     mean = z_sum / e_safe
-    return {
+    calibration_metrics, reliability = calibration.finish(reduced[8:], alpha)
+    return {**calibration_metrics, "reliability": reliability,
         "val_loss": ce / n_safe, "val_top1": 100 * top1 / n_safe, "val_top5": 100 * top5 / n_safe,
         "val_images": int(n), "logit_norm": norm_sum / n_safe, "logit_mean": mean,
         "logit_max": all_reduce_max(logit_max).item(), "logit_var": z2_sum / e_safe - mean * mean,

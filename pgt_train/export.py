@@ -74,11 +74,12 @@ def export(run_dir: Path, out: Path, which: str = "best", force: bool = False) -
     source = Path(run_dir) / f"{which}.pth"
     weights_path, config_path = output_paths(out)
     check_targets((weights_path, config_path), Path(run_dir), force)
-    state = checkpoint.load(source, require=("model", "config", "epoch"))
+    state = checkpoint.load(source, require=("model", "config", "counters"))
     weights = finite_weights(state, source)
     model_cfg = state["config"]["model"]
     metadata = {"format": "pt", "model": model_cfg["name"], "num_classes": str(model_cfg["num_classes"]),
-                "norm": model_cfg["norm"], "source": str(source), "epoch": str(state["epoch"])}
+                "norm": model_cfg["norm"], "source": str(source),
+                "epoch": str(state["counters"]["epochs_done"])}
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     _write_atomically(weights_path, lambda tmp: save_file(weights, tmp, metadata=metadata))
     config_text = yaml.safe_dump(state["config"], sort_keys=False)
@@ -89,17 +90,20 @@ def export(run_dir: Path, out: Path, which: str = "best", force: bool = False) -
 def describe(state: dict, which: str, run_dir: Path) -> str:
     """Which epoch was exported; for best.pth, a warning where last.pth records its best at another epoch (a kill
     between the epoch end's two writes: the next --resume auto rewrites best.pth)."""
-    top1 = state.get("best_top1") if which == "best" else None
-    line = f"{which}.pth: epoch {state['epoch']}" + (f", val top-1 {top1:.2f} %" if isinstance(top1, float) else "")
+    counters = state["counters"]
+    top1 = counters.get("best_top1") if which == "best" else None
+    line = f"{which}.pth: epoch {counters.get('epochs_done')}" + (f", val top-1 {top1:.2f} %"
+                                                                  if isinstance(top1, float) else "")
     if which != "best" or not (run_dir / "last.pth").is_file():
         return line
     try:
         last = checkpoint.load(run_dir / "last.pth")
     except checkpoint.CheckpointError:
         return line
-    if last.get("best_epoch") not in (None, state["epoch"]):
-        line += (f"; warning: last.pth records the best val top-1 {last.get('best_top1', float('nan')):.2f} at "
-                 f"epoch {last['best_epoch']}: best.pth is stale; pgt-train --resume auto on the run repairs it")
+    recorded = last.get("counters") if isinstance(last.get("counters"), dict) else {}
+    if recorded.get("best_epoch") not in (None, 0, counters.get("epochs_done")):
+        line += (f"; warning: last.pth records the best val top-1 {recorded.get('best_top1', float('nan')):.2f} at "
+                 f"epoch {recorded['best_epoch']}: best.pth is stale; pgt-train --resume auto on the run repairs it")
     return line
 
 

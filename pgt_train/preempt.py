@@ -3,7 +3,7 @@
 The handler only records the request; the trainer acts on it after the current optimizer step, writes
 last.pth and exits with EXIT_PREEMPTED, so `--resume auto` (e.g. after a SLURM requeue) continues
 from the next batch. Under DDP the ranks must stop after the same step: they agree through an
-all-reduce every `sync_every` steps (run.log_interval: the trainer's one host sync point).
+all-reduce every `every` steps (run.log_interval: the trainer's one host sync point).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class StopRequest:
 
     A process forked meanwhile (the demo generator's multiprocessing pool, while the run builds) inherits the
     handler, but for it the signal means what it meant before: Pool.terminate() SIGTERMs its workers and
-    then waits for them, so a worker that only recorded it hung the run forever (seen in CI under load)."""
+    then waits for them, so a worker that only recorded it would hang the run forever."""
 
     def __init__(self):
         self.signum: int | None = None
@@ -45,11 +45,24 @@ class StopRequest:
             return
         self.signum = signum
 
-    def agreed(self, step: int | None, info: DistInfo, device: torch.device, sync_every: int = 1) -> bool:
-        """True on every rank at the same step once any rank received a signal (step None: check now)."""
-        if not info.enabled:
+    def __enter__(self) -> "StopRequest":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+    def requested_by_any_rank(self, world: DistInfo) -> bool:
+        """True on every rank once any rank received a signal (a collective when distributed)."""
+        if not world.is_distributed:
             return self.signum is not None
-        return (step is None or step % sync_every == 0) and broadcast_flag(self.signum is not None, device)
+        return broadcast_flag(self.signum is not None, world.device)
+
+    def agreed_at_step(self, step: int, world: DistInfo, every: int) -> bool:
+        """requested_by_any_rank, asked only every `every` steps when distributed: the ranks then stop after the
+        same step, and the agreement costs one host sync per `every` steps."""
+        if world.is_distributed and step % every:
+            return False
+        return self.requested_by_any_rank(world)
 
     @property
     def name(self) -> str:
@@ -88,8 +101,8 @@ def children_ignore_sigint():
 
 def _obey_parent_only(parent: int) -> None:
     while True:
-        info = signal.sigwaitinfo(SIGNALS)
-        if info.si_pid == parent and info.si_signo == signal.SIGTERM:
+        received = signal.sigwaitinfo(SIGNALS)
+        if received.si_pid == parent and received.si_signo == signal.SIGTERM:
             # Exit code 0: torch's SIGCHLD check in the trainer reports workers that die by a signal or a
             # non-zero code as a crash, which at this point would only add a second traceback.
             os._exit(0)

@@ -10,11 +10,15 @@ import shutil
 import time
 from pathlib import Path
 
+from pgt_train import calibration
+
 SUMMARY_COLUMNS = [
     "epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "val_images",
     "train_img_per_s", "epoch_time_s", "logit_norm", "logit_mean", "logit_max", "logit_var",
     "train_logit_norm", "zeroed_filters", "zeroed_features", "corrupt_images", "train_nonfinite_images",
+    "data_wait_pct", "loader_img_per_s", *calibration.COLUMNS,
 ]
+TIMING_COLUMNS = ("train_img_per_s", "epoch_time_s", "data_wait_pct", "loader_img_per_s")  # differ run to run
 
 
 def read_summary(path: Path) -> list[dict]:
@@ -42,6 +46,7 @@ class RunWriter:
     def __init__(self, run_dir: Path, *, enabled: bool, completed_epochs: int = 0, completed_steps: int = 0):
         self.enabled = enabled
         self.summary_path = Path(run_dir) / "summary.csv"
+        self.reliability_path = Path(run_dir) / calibration.RELIABILITY_FILE
         self.tb = self.tb_steps = None
         if not enabled:
             return
@@ -79,6 +84,8 @@ class RunWriter:
             if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.tb.add_scalar(_tb_tag(key), value, epoch)
         self.tb.flush()
+        if "reliability" in metrics:  # the reliability diagram's bins: the latest epoch's replace the last
+            calibration.save_reliability(self.reliability_path, metrics["reliability"], epoch)
         self.rows.append({k: _fmt(metrics.get(k)) for k in SUMMARY_COLUMNS})
         self._rewrite(self.rows)
 
@@ -114,4 +121,4 @@ def epoch_line(m: dict, epochs: int) -> str:
     return (f"epoch {m['epoch']}/{epochs}  lr {m['lr']:.4g}  train loss {m['train_loss']:.4f} "
             f"top1 {m['train_top1']:.2f}  val loss {m['val_loss']:.4f} top1 {m['val_top1']:.2f} "
             f"top5 {m['val_top5']:.2f} ({m['val_images']} images)  {m['train_img_per_s']:.0f} img/s "
-            f"{m['epoch_time_s']:.0f}s")
+            f"{m['epoch_time_s']:.0f}s  data wait {m['data_wait_pct']:.0f} %")

@@ -6,7 +6,7 @@
 1. PGT cost: full training steps with pgt_cross_entropy (B) and F.cross_entropy (A), interleaved
    A B B A so drift hits both alike; the median of the per-round ratios B/A. Then the loss head alone
    (forward + backward on (N, C) logits): its extra time as a share of one step.
-2. Trainer efficiency: engine.train_one_epoch (metrics, scheduler, GradScaler, PGT) against a bare loop
+2. Trainer efficiency: engine.train_step (metrics, scheduler, GradScaler, PGT) against a bare loop
    of the same model, batch, optimizer, precision and PGT, both fed the same batches already on the
    device, interleaved; plus the diagnostics' cost amortised over their default interval.
 3. Loader: the torchvision loader's images/s on generated JPEGs against the trainer's images/s.
@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pgt_train import engine, models, optim
-from pgt_train.benchmarking import (SPREAD_HEADER, bare_steps, loader_rates, machine_banner, make_jpeg_folder,
-                                    spread_row as row, timed)
+from pgt_train import models, optim
+from pgt_train.benchmarking import (SPREAD_HEADER, bare_steps, engine_steps, loader_rates, machine_banner,
+                                    make_jpeg_folder, spread_row as row, timed)
 from pgt_train.config import DiagConfig
 from pgt_train.diagnostics import Diagnostics
 from pgt_train.dist import pick_device
@@ -58,12 +58,9 @@ class Setup:
                    amp_dtype=self.amp)
 
     def engine_steps(self, steps: int) -> None:
-        loader = [self.batches[i % len(self.batches)] for i in range(steps)]
-        engine.train_one_epoch(self.model, loader, self.pgt_loss, self.optimizer, self.scheduler, self.scaler,
-                               device=self.device, epoch=1, start_step=0, steps=steps,
-                               opts=engine.StepOptions(amp_dtype=self.amp), clip_params=[],
-                               totals=engine.EpochTotals(self.device),
-                               nonfinite_run=torch.zeros((), device=self.device, dtype=torch.int64))
+        batches = iter([self.batches[i % len(self.batches)] for i in range(steps)])
+        engine_steps(self.model, batches, loss_fn=self.pgt_loss, optimizer=self.optimizer, scheduler=self.scheduler,
+                     scaler=self.scaler, amp_dtype=self.amp, steps=steps)
 
     def pgt_loss(self, logits, targets):
         return pgt_cross_entropy(logits, targets, self.alpha)

@@ -10,8 +10,9 @@ line and exits 1. Sections run in this order; one that would start after --max-m
    skipped_step: an fp16 overflow step with fused SGD leaves parameters and momentum buffers unchanged.
 2. end_to_end: ImageNet-like JPEGs (~500x375, ~110 KiB, generated), ResNet-50 fp16 channels_last batch
    256 with PGT, eager and compiled: the bare loop (benchmarking.bare_steps) on tensors already on the GPU
-   as the reference, then pgt-train's own engine.train_one_epoch fed by the synthetic loader, the
-   torchvision loader, the nvjpeg loader (and DALI where installed); 200 timed steps each after
+   as the reference, then pgt-train's own engine.train_step fed by the synthetic loader, the
+   torchvision loader (its CPU tensor path, data/cpu_crop.py; in eager mode also `torchvision:pil`, the PIL
+   path it replaced, at half the steps), the nvjpeg loader (and DALI where installed); 200 timed steps each after
    warm-up, images/s, the ratio to the synthetic loader, and the CPU cores busy meanwhile (/proc/stat).
    First, nvjpeg_check: the nvjpeg loader's batches against the torchvision loader's (same samples,
    same crops; pixel difference against a mismatched pairing).
@@ -36,9 +37,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pgt_train import engine, models, optim
-from pgt_train.benchmarking import (PHOTO_SHAPES, bare_steps, images_per_second, machine_banner, make_jpeg_folder,
-                                    spread, timed)
+from pgt_train import models, optim
+from pgt_train.benchmarking import (PHOTO_SHAPES, bare_steps, engine_steps, images_per_second, machine_banner,
+                                    make_jpeg_folder, spread, timed)
 from pgt_train.pgt import pgt_cross_entropy
 from pgt_train.trainer import AMP_DTYPES
 from pgt_train.writers import read_summary
@@ -221,15 +222,12 @@ class Training:
         return steps * batch[0].shape[0]
 
     def engine(self, batches, steps: int) -> int:
-        """`steps` steps of engine.train_one_epoch on the next batches of the iterator `batches` (metrics,
-        scheduler, non-finite checks as in a run); returns the images trained."""
-        metrics = engine.train_one_epoch(self.net, batches, self.pgt_loss, self.opt, self.scheduler, self.scaler,
-                                         device=self.device, epoch=1, start_step=self.step, steps=steps,
-                                         opts=engine.StepOptions(amp_dtype=self.dtype), clip_params=[],
-                                         totals=engine.EpochTotals(self.device),
-                                         nonfinite_run=torch.zeros((), dtype=torch.int64, device=self.device))
-        self.step = metrics["step"]
-        return metrics["train_images"]
+        """`steps` steps of engine.train_step on the next batches of the iterator `batches` (metrics and
+        scheduler as in a run); returns the images trained."""
+        images = engine_steps(self.net, batches, loss_fn=self.pgt_loss, optimizer=self.opt, scheduler=self.scheduler,
+                              scaler=self.scaler, amp_dtype=self.dtype, steps=steps, start_step=self.step)
+        self.step += steps
+        return images
 
 
 def e2e_loader(name: str, root: Path, args, device: torch.device, *, batch: int, workers: int, train=True,
@@ -245,15 +243,16 @@ def e2e_loader(name: str, root: Path, args, device: torch.device, *, batch: int,
         layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         images = images.contiguous(memory_format=layout)
         return images, torch.randint(1000, (batch,), device=device)
-    name, _, backend = name.partition(":")  # nvjpeg:<decoder backend> (data/decoders.py)
+    name, _, variant = name.partition(":")  # nvjpeg:<decoder backend> (data/decoders.py); torchvision:pil
     cfg = DataConfig(root=None if name == "synthetic" else str(root), loader=name, batch_size=batch, workers=workers,
                      img_size=size, train_size=max(n_train, batch), val_size=batch,
                      dali_device="gpu" if device.type == "cuda" else "cpu")
-    train_loader, val_loader = build_loaders(cfg, num_classes=args.e2e_classes, seed=0,
+    train_path = variant if name == "torchvision" and variant else "auto"  # pil: the PIL path it replaced
+    train_loader, val_loader = build_loaders(cfg, num_classes=args.e2e_classes, seed=0, train_path=train_path,
                                              dist=DistInfo(device=device), channels_last=device.type == "cuda")
-    for loader in (train_loader, val_loader) if backend else ():
+    for loader in (train_loader, val_loader) if name == "nvjpeg" and variant else ():
         from pgt_train.data.decoders import get_decoder
-        loader.loader.decoder.decode_files = get_decoder(backend)  # NvjpegLoader's BatchDecoder
+        loader.loader.decoder.decode_files = get_decoder(variant)  # NvjpegLoader's BatchDecoder
     return train_loader if train else val_loader
 
 
@@ -270,10 +269,11 @@ def timed_run(training: Training, name: str, loader, args, device: torch.device)
         def train(steps):
             return training.engine(batches, steps)
     train(args.e2e_warmup)
+    steps = max(2, args.e2e_steps // 2) if name == "torchvision:pil" else args.e2e_steps  # a reference: fewer
     cpu_before, images_seen = cpu_ticks(), []
-    seconds = timed(lambda: images_seen.append(train(args.e2e_steps)), device)
+    seconds = timed(lambda: images_seen.append(train(steps)), device)
     busy = cores_busy(cpu_before, cpu_ticks())
-    return {"steps": args.e2e_steps, "images": images_seen[0], "seconds": seconds,
+    return {"steps": steps, "images": images_seen[0], "seconds": seconds,
             "img_per_s": images_seen[0] / seconds, "cpu_cores_busy": busy}
 
 
@@ -349,11 +349,12 @@ def end_to_end(args, device: torch.device, save) -> dict:
     save(result)
     from pgt_train.data.decoders import available_backends
     backends = [f"nvjpeg:{b}" for b in available_backends() if b != "pil"]  # pil: the CPU fallback, not timed
-    names = ["bare", "synthetic", "torchvision"] + backends + (["dali"] if dali_installed() else [])
+    names = ["bare", "synthetic", "torchvision", "torchvision:pil"] + backends + (["dali"] if dali_installed() else [])
     result["runs"] = []
     for compiled in args.modes:
         training = Training(args.model, device, compiled)
-        for name in names:
+        # the CPU train path against the PIL path it replaced: a CPU figure, timed once (eager), at half the steps
+        for name in (n for n in names if not (compiled and n == "torchvision:pil")):
             if time.perf_counter() > args.deadline:
                 result["runs"].append({"loader": name, "compile": compiled, "skipped": "--max-minutes reached"})
                 log(f"  {'compiled' if compiled else 'eager':<8} {name:<11} skipped: --max-minutes reached")
@@ -424,12 +425,13 @@ def short_training(out: Path) -> dict:
     return result
 
 
-# Expected minutes on one H100 (never measured: no session has had a GPU for it), in the order they run: what
-# issue 17 asks for first (end_to_end at 200 timed steps a loader: ~1.5 eager + ~1.5 for compiling + ~1.5
-# compiled, the torchvision runs the longest at ~40 s each), the extras last. Together they fit the default
+# Expected minutes on one H100 (estimates: docs/speed.md says which were measured), in the order they run: the
+# loaders end to end first (end_to_end at 200 timed steps a loader: ~1.5 eager + ~1.5 for compiling + ~1.5
+# compiled, the torchvision runs the longest at ~40 s each, the PIL path's reference ~0.3 at 100 steps, eager
+# only), the extras last (throughput at one repeat of each setting). Together they fit the default
 # --max-minutes (tests/test_scripts.py); a section that would end after it is skipped, and end_to_end and
 # throughput also start no run in their last half minute (args.deadline).
-SECTION_MINUTES = {"exactness": 0.2, "skipped_step": 0.1, "end_to_end": 4.5, "dali": 0.5, "throughput": 1.5,
+SECTION_MINUTES = {"exactness": 0.2, "skipped_step": 0.1, "end_to_end": 4.8, "dali": 0.5, "throughput": 1.2,
                    "short_training": 1.0}
 
 
@@ -439,7 +441,7 @@ def parse_args(argv):
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=20, help="throughput: timed steps per repeat")
     p.add_argument("--warmup", type=int, default=10, help="throughput: warm-up steps")
-    p.add_argument("--repeats", type=int, default=2, help="throughput: repeats")
+    p.add_argument("--repeats", type=int, default=1, help="throughput: repeats")
     p.add_argument("--model", default="resnet50", help="end_to_end: timm model")
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--e2e-steps", type=int, default=200, help="end_to_end: timed steps per loader")

@@ -16,6 +16,10 @@ runs/paper>, where <impl> is `nopgt` for rows without PGT (one baseline per read
 --reading picks configs/reading/<reading>.yaml (docs/fidelity.md, "Two readings"); --impl overrides pgt.impl (default:
 the reading's own, exact for the paper and authors for the code). Several GPUs: python -m torch.distributed.run.
 Trailing key=value overrides apply to every row (as on pgt-train); --rows picks some rows (1-based, as printed).
+One that changes what defines a row (run identity, config.is_defining, or a key the rows differ in) is named in one
+line with the rows whose recipe it changes, and those rows' folders carry it: resnet18_cosine_pgt0.25+pgt.alpha=0.5
+(a short stable hash, +overrides-1a2b3c4d, where the changes are long, with overrides.txt in the folder), so a
+folder never claims a paper row it is not. Others (data.root, data.workers, run.*, ...) leave the names alone.
 
 --launcher slurm submits the rows not finished as ONE job array (sbatch --array=...%<max-running>), each task
 scripts/slurm/train.sbatch on its row (its time-limit warning checkpoints and requeues the task). Each run
@@ -27,7 +31,9 @@ Output to a closed pipe (`--dry-run | head -1`) stops quietly with exit status 1
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -44,6 +50,7 @@ from pgt_train.writers import run_finished
 ROOT = Path(__file__).resolve().parents[1]
 SBATCH = ROOT / "scripts" / "slurm" / "train.sbatch"
 JOB_MARKER = "slurm_job"  # in each run folder: the array task (<array id>_<index>) that runs it
+OVERRIDES_FILE = "overrides.txt"  # beside a run whose folder name carries a hash of its overrides: the overrides
 ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
                  "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
 INDEX = ROOT / "configs" / "paper" / "index.yaml"
@@ -147,17 +154,69 @@ def variant_overrides(args, recipe: str, overrides: list[str], overlay: Path) ->
     return overrides, suffix
 
 
-def plan_row(args, recipe: str, overrides: list[str]) -> tuple[str, Path, list[str]]:
-    """(status, run folder, command) of one row; the row's config is resolved here, so a broken recipe stops
-    the script before the first run, not hours into the table."""
+def row_settings(args, recipe: str, overrides: list[str]) -> dict:
+    """Every setting of one row as its recipe (reading overlay and the row's own overrides) defines it: what the
+    trailing overrides are compared with."""
+    return compared(config.load(ROOT / recipe, overrides, [config.reading_path(args.reading)]))
+
+
+def compared(cfg: config.Config) -> dict:
+    """Every setting, defining ones as run identity compares them (which image reader, say, is no change)."""
+    flat = config.flat_settings(cfg)
+    return {**flat, **config.defining_settings(flat)}
+
+
+def row_defining_keys(overrides: list[str], rows: list[dict]) -> list[str]:
+    """The trailing override keys that define a row: run identity says so (config.is_defining), or the rows of
+    this table differ in it. run.* never does: reproduce.py names the folders itself."""
+    keys = dict.fromkeys(o.partition("=")[0].strip() for o in overrides)
+    return [k for k in keys if not k.startswith("run.") and
+            (config.is_defining(k) or len({repr(r.get(k)) for r in rows}) > 1)]
+
+
+def shown(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(shown(v) for v in value) + "]"
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return str(value)
+
+
+def changes(keys: list[str], before: dict, after: dict) -> dict[str, list[str]]:
+    """override key -> ["key=value", ...] of the settings it changed in this row's recipe (a section key may
+    change several); keys that change nothing here are left out."""
+    out = {}
+    for key in keys:
+        changed = [k for k in after if (k == key or k.startswith(key + ".")) and after[k] != before.get(k)]
+        if changed:
+            out[key] = [f"{k}={shown(after[k])}" for k in changed]
+    return out
+
+
+def folder_suffix(changed: dict[str, list[str]]) -> str:
+    """+key=value... for the changes a row's folder carries; a short stable hash where they are long or hold
+    characters a folder name should not (the overrides are then written beside the run, OVERRIDES_FILE)."""
+    texts = sorted(t for ts in changed.values() for t in ts)
+    if not texts:
+        return ""
+    plain = "+".join(texts)
+    if len(plain) <= 60 and re.fullmatch(r"[A-Za-z0-9._=,+-]+", plain):
+        return "+" + plain
+    return "+overrides-" + hashlib.sha256("\n".join(texts).encode()).hexdigest()[:8]
+
+
+def plan_row(args, recipe: str, overrides: list[str], before: dict, defining: list[str]) -> tuple:
+    """(status, run folder, command, {override key: its changes}) of one row; the row's config is resolved here,
+    so a broken recipe stops the script before the first run, not hours into the table."""
     overlay = config.reading_path(args.reading)
     overrides, suffix = variant_overrides(args, recipe, [*overrides, *args.overrides], overlay)
     pgt_on = config.load(ROOT / recipe, overrides, [overlay]).pgt.alpha is not None
     if args.impl and pgt_on:
         overrides = [*overrides, f"pgt.impl={args.impl}"]
     cfg = config.load(ROOT / recipe, overrides, [overlay])
+    changed = changes(defining, before, compared(cfg))
     run_dir = (Path(args.runs_root) / args.reading / (cfg.pgt.impl if pgt_on else "nopgt")
-               / Path(cfg.run.dir + suffix).relative_to(RECIPE_RUNS_ROOT))
+               / Path(cfg.run.dir + suffix + folder_suffix(changed)).relative_to(RECIPE_RUNS_ROOT))
     overrides = [o for o in overrides if not o.startswith("run.dir=")] + [f"run.dir={run_dir}"]
     if args.data:
         overrides.append(f"data.root={args.data}")
@@ -170,7 +229,37 @@ def plan_row(args, recipe: str, overrides: list[str]) -> tuple[str, Path, list[s
                 [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.gpus}", "-m"])
     cmd = [*launcher, "pgt_train", "--config", os.path.relpath(ROOT / recipe), "--reading", args.reading,
            *overrides, "--resume", "auto"]
-    return status, run_dir, cmd
+    return status, run_dir, cmd, changed
+
+
+def row_numbers(numbers: list[int]) -> str:
+    """1, 3, 5-9"""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def override_notes(plan: list, total: int) -> list[str]:
+    """One line per row-defining trailing override: the rows (as printed) whose recipe it changes."""
+    keys = dict.fromkeys(k for _, (*_, changed) in plan for k in changed)
+    lines = []
+    for key in keys:
+        rows = [i for i, (*_, changed) in plan if key in changed]
+        values = sorted({t for _, (*_, changed) in plan for t in changed.get(key, [])})
+        lines.append(f"reproduce: {', '.join(values)} changes the recipe of row{'s' if len(rows) > 1 else ''} "
+                     f"{row_numbers(rows)} of {total}; their run folders are named for it")
+    return lines
+
+
+def write_overrides(run_dir: Path, changed: dict[str, list[str]]) -> None:
+    """Beside a run whose folder name carries a hash of its overrides: the overrides themselves."""
+    if "+overrides-" in run_dir.name:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(run_dir / OVERRIDES_FILE, "".join(t + "\n" for ts in changed.values() for t in ts))
 
 
 def selected(plan: list, rows: str | None) -> list:
@@ -185,10 +274,11 @@ def selected(plan: list, rows: str | None) -> list:
 
 
 def run_locally(args, plan: list, total: int) -> int:
-    for i, (label, status, run_dir, cmd) in plan:
+    for i, (label, status, run_dir, cmd, changed) in plan:
         print(f"[{i}/{total}] {label}: {status} {run_dir}\n    {shlex.join(cmd)}", flush=True)
         if args.dry_run or status == "skip":
             continue
+        write_overrides(run_dir, changed)
         rc = subprocess.run(cmd).returncode
         if rc != 0:
             print(f"reproduce: row {i} ({label}) failed with exit code {rc}; stopping. Rerun the same command to "
@@ -200,9 +290,14 @@ def run_locally(args, plan: list, total: int) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     index = yaml.safe_load(INDEX.read_text())
-    plan = [(label, *plan_row(args, recipe, overrides))
-            for label, recipe, overrides in rows_of(index, args.table, args.grid, args.figure)]
+    rows = rows_of(index, args.table, args.grid, args.figure)
+    recipes = [row_settings(args, recipe, overrides) for _, recipe, overrides in rows]
+    defining = row_defining_keys(args.overrides, recipes)
+    plan = [(label, *plan_row(args, recipe, overrides, before, defining))
+            for (label, recipe, overrides), before in zip(rows, recipes)]
     total, plan = len(plan), selected(plan, args.rows)
+    for line in override_notes(plan, total):
+        print(line, flush=True)
     return submit_array(args, plan, total) if args.launcher == "slurm" else run_locally(args, plan, total)
 
 
@@ -254,12 +349,12 @@ def sbatch_argv(args, n: int, rows_file: Path, logs: Path) -> list[str]:
 def submit_array(args, plan: list, total: int) -> int:
     active = active_tasks() if not args.dry_run else set()
     todo = []
-    for i, (label, status, run_dir, cmd) in plan:
+    for i, (label, status, run_dir, cmd, changed) in plan:
         status = slurm_status(status, run_dir, active)
         task = f" -> task {len(todo)}" if status in ("start", "resume") else ""
         print(f"[{i}/{total}] {label}: {status} {run_dir}{task}\n    {shlex.join(train_args(cmd))}", flush=True)
         if task:
-            todo.append((run_dir, train_args(cmd)))
+            todo.append((run_dir, train_args(cmd), changed))
     if not todo:
         print("reproduce: nothing to submit (every row finished or queued)")
         return 0
@@ -270,13 +365,14 @@ def submit_array(args, plan: list, total: int) -> int:
     if args.dry_run:
         return 0
     logs.mkdir(parents=True, exist_ok=True)
-    rows_file.write_text("".join(shlex.join(row) + "\n" for _, row in todo))  # line k: task k's arguments
+    rows_file.write_text("".join(shlex.join(row) + "\n" for _, row, _ in todo))  # line k: task k's arguments
     # sbatch exports this environment to the tasks, with this python's bin folder (pgt-torchrun) first on PATH
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     array = slurm_command(argv, env).strip().split(";")[0]
-    for k, (run_dir, _) in enumerate(todo):
+    for k, (run_dir, _, changed) in enumerate(todo):
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(run_dir / JOB_MARKER, f"{array}_{k}\n")
+        write_overrides(run_dir, changed)
     print(f"submitted job array {array}: {len(todo)} task(s), at most {args.max_running} at once; logs in {logs}")
     return 0
 

@@ -43,7 +43,7 @@ def code_reading_lrs(recipe, *overrides: str) -> list[float]:
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.optim.lr)
     scheduler = optim.build_scheduler(opt, **dataclasses.asdict(cfg.sched), steps_per_epoch=STEPS)
     lrs = []
-    for step in range(cfg.sched.epochs * STEPS):  # as engine.train_one_epoch: step_update(step) before the step
+    for step in range(cfg.sched.epochs * STEPS):  # as Trainer.fit: step_update(step) before the step
         scheduler.step_update(step)
         lrs.append(opt.param_groups[0]["lr"])
     return lrs

@@ -94,6 +94,13 @@ def break_folder(folder, breakage):
     elif breakage == "val_unreadable":
         for f in val.rglob("*.jpg"):
             f.write_bytes(b"not an image")
+    elif breakage == "one_class":  # what no setting of model.num_classes can train (it must be >= 2)
+        for split in (train, val):
+            shutil.rmtree(split / "b_square")
+            shutil.rmtree(split / "c_stripe")
+    elif breakage == "root_is_file":
+        shutil.rmtree(folder)
+        folder.write_bytes(b"not a folder")
     elif breakage == "num_classes":  # 4 good class folders for a model of 3 classes
         shutil.copytree(train / "a_round", train / "d_more")
         shutil.copytree(val / "a_round", val / "d_more")
@@ -110,6 +117,8 @@ def break_folder(folder, breakage):
     ("val_unreadable", "none of the 9 image files under {root}/val is readable"),
     # model.name is no timm model: the folder check must come first, before any model is built
     ("num_classes", "model.num_classes is 3 but {root}/train has 4 class folders"),
+    ("one_class", "{root}/train has one class folder (a_round); classification needs at least 2 class folders"),
+    ("root_is_file", "data.root: {root} is a file, not a folder"),
 ])
 @pytest.mark.slow
 def test_broken_layouts_exit_2_with_one_line(folder, tmp_path, breakage, message):
@@ -129,6 +138,21 @@ def test_folder_checks_run_before_anything_is_built(folder, breakage):
     break_folder(folder, breakage)
     with pytest.raises(UserError, match="data.root|model.num_classes"):
         check_folders(DataConfig(root=str(folder)), num_classes=3)
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("one_class", "has one class folder (a_round); classification needs at least 2 class folders"),
+    ("root_is_file", "is a file, not a folder; point data.root at the folder that holds train/ and val/"),
+])
+def test_layout_advice_can_be_followed(folder, breakage, message):
+    """A one-class folder is told that 2 class folders are needed (model.num_classes=1 is refused by the config);
+    a data.root that is a file is told so (not "folder not found")."""
+    from pgt_train.data.folder import check_layout
+    break_folder(folder, breakage)
+    for num_classes in (1, 3):
+        with pytest.raises(UserError) as raised:
+            check_layout(folder, num_classes)
+        assert message in str(raised.value) and "set model.num_classes" not in str(raised.value)
 
 
 def test_a_class_folder_inside_another_and_one_outside_root(folder, tmp_path):
@@ -304,7 +328,7 @@ def test_signal_to_the_process_group_with_workers(jpeg_folder, tmp_path, signum,
         pytest.fail(f"{signal.Signals(signum).name} to the process group: still running after 60 s")
     assert proc.returncode == exit_code, err
     assert message in out + err and "Traceback" not in err, err
-    assert torch.load(run_dir / "last.pth", weights_only=True)["step"] >= 1
+    assert torch.load(run_dir / "last.pth", weights_only=True)["counters"]["steps_done"] >= 1
 
 
 def training_loader(root, workers=0):

@@ -109,32 +109,77 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def val_batches():
+    """Six val batches of a 5-class problem and a fixed linear model's weights; the last batch ends in padding."""
+    g = torch.Generator().manual_seed(0)
+    batches = [((1 + 3 * (i % 2)) * torch.randn(6, 3, 4, 4, generator=g), torch.randint(0, 5, (6,), generator=g))
+               for i in range(6)]  # rank 1's logits 4x larger: its own fitted temperature differs
+    batches[-1][1][-2:] = -1  # DALI's padding: counts nowhere
+    return batches, torch.randn(5, 48, generator=g)
+
+
+def evaluate_batches(batches, weight, alpha):
+    from pgt_train.engine import evaluate
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 5, bias=False)).double()
+    model[1].weight.data.copy_(weight)
+    doubled = [(images.double(), targets) for images, targets in batches]
+    return evaluate(model, doubled, device=torch.device("cpu"), alpha=alpha)
+
+
 def _rank_main(rank: int, port: int, out: dict) -> None:
-    """Each rank holds a different part of the val set; the reduced sums must cover both."""
+    """Each rank evaluates every second batch; the metrics must cover both ranks' images."""
     import torch.distributed as tdist
-    from pgt_train.dist import all_reduce_sum
     torch.set_num_threads(1)
     tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
-        idx = list(range(rank, len(LOGITS), 2))
-        sums = cal.batch_sums(torch.tensor([LOGITS[i] for i in idx], dtype=torch.float64), torch.tensor([TARGETS[i] for i in idx]),
-                              torch.tensor([KEEP[i] for i in idx]).double(), torch.tensor([FIT[i] for i in idx]),
-                              0.25)
-        out[rank] = cal.finish(all_reduce_sum(sums), 0.25)[0]
+        batches, weight = val_batches()
+        metrics = evaluate_batches(batches[rank::2], weight, 0.25)
+        out[rank] = {k: v for k, v in metrics.items() if k != "reliability"}
     finally:
         tdist.destroy_process_group()
 
 
 @pytest.mark.slow
 def test_every_metric_sums_over_both_ranks():
+    """engine.evaluate under 2 gloo ranks equals one process over all batches, and rank 0's batches alone differ
+    in every calibration metric: a metric that ignored a rank would fail here."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     out = mp.Manager().dict()
     mp.spawn(_rank_main, args=(_free_port(), out), nprocs=2, join=True)
-    whole, _ = run_finish(LOGITS, TARGETS, KEEP, FIT, alpha=0.25)
+    batches, weight = val_batches()
+    whole = evaluate_batches(batches, weight, 0.25)
+    assert whole["val_images"] == 34
     for rank in (0, 1):
-        assert out[rank].keys() == whole.keys()
-        for key, value in whole.items():
-            assert out[rank][key] == pytest.approx(value, rel=1e-12, abs=1e-15), (rank, key)
-    alone, _ = run_finish(LOGITS[::2], TARGETS[::2], KEEP[::2], FIT[::2], alpha=0.25)
-    differs = [k for k in whole if not np.isclose(alone[k], whole[k], rtol=1e-9, atol=0)]
-    assert len(differs) == len(whole), f"rank 0's part alone equals the whole for {set(whole) - set(differs)}"
+        for key in cal.COLUMNS:
+            assert out[rank][key] == pytest.approx(whole[key], rel=1e-12, abs=1e-15), (rank, key)
+    alone = evaluate_batches(batches[0::2], weight, 0.25)
+    same = [k for k in cal.COLUMNS if np.isclose(alone[k], whole[k], rtol=1e-9, atol=0)]
+    assert not same, f"rank 0's batches alone give the whole val set's {same}"
+
+
+@pytest.mark.slow
+def test_a_run_writes_the_calibration_columns(tmp_path):
+    """Through pgt-train: summary.csv, TensorBoard and reliability.npz hold the calibration of every epoch."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from pgt_train.writers import read_summary
+    from tests.helpers import run_cli, tiny_run_args
+    run_dir = tmp_path / "run"
+    result = run_cli(*tiny_run_args(run_dir, alpha=0.3, val_size=20))
+    assert result.returncode == 0, result.stderr
+    rows = read_summary(run_dir / "summary.csv")
+    for row in rows:
+        values = {k: float(row[k]) for k in cal.COLUMNS}
+        assert all(math.isfinite(v) for v in values.values()), values
+        assert 0 <= values["val_ece"] <= 1 and 0 <= values["val_brier"] <= 2 and values["val_temp_fit"] > 0
+    saved = np.load(run_dir / cal.RELIABILITY_FILE)
+    assert int(saved["epoch"]) == 2 and saved["bins_z"][0].sum() == 20 == saved["bins_alpha"][0].sum()
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/ece_alpha")] == [1, 2]
+    # pgt-report: the calibration table and the reliability diagram
+    from pgt_train.report.cli import main as report_main
+    assert report_main([str(run_dir), "--out", str(tmp_path / "report")]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    line = next(ln for ln in md.split("## Calibration", 1)[1].splitlines() if ln.startswith("| run |"))
+    assert line.startswith(f"| run | 0.3 | 1 | {float(rows[-1]['val_loss']):.3f} | {float(rows[-1]['val_ece']):.3f} |")
+    assert "![Reliability diagram" in md and (tmp_path / "report" / "reliability.png").stat().st_size > 0

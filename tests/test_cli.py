@@ -5,7 +5,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pgt_train import config
-from pgt_train.writers import SUMMARY_COLUMNS, read_summary
+from pgt_train.writers import SUMMARY_COLUMNS, TIMING_COLUMNS, read_summary
 from tests.helpers import run_cli, tiny_run_args
 
 pytestmark = pytest.mark.slow  # every test here runs pgt-train in a subprocess
@@ -43,7 +43,7 @@ def test_outputs_of_a_run(two_epoch_run, jpeg_folder):
     for name in ("last.pth", "best.pth"):
         state = torch.load(run_dir / name, map_location="cpu", weights_only=True)
         assert state["config"]["model"]["name"] == "resnet18"
-    assert torch.load(run_dir / "last.pth", weights_only=True)["epoch"] == 2
+    assert torch.load(run_dir / "last.pth", weights_only=True)["counters"]["epochs_done"] == 2
     assert "val top-1" in result.stdout and "results" in result.stdout
 
 
@@ -60,7 +60,7 @@ def test_resume_is_bit_exact(two_epoch_run, jpeg_folder, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     rows_a = read_summary(straight_dir / "summary.csv")
     rows_b = read_summary(run_dir / "summary.csv")
-    skip = {"train_img_per_s", "epoch_time_s"}
+    skip = set(TIMING_COLUMNS)
     assert [{k: v for k, v in r.items() if k not in skip} for r in rows_a] == \
            [{k: v for k, v in r.items() if k not in skip} for r in rows_b]
 

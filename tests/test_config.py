@@ -1,5 +1,9 @@
 """Config loading: inheritance, overrides, strictness, and one-line errors."""
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,28 +100,27 @@ def test_exponent_floats_read_as_numbers(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# numeric ranges: one table (config.RANGES) for every int and float key
+# numeric ranges: every int and float key has a range on its field (config.RANGES gathers them)
 
 
 def test_every_numeric_key_has_a_range_and_its_default_lies_inside():
-    fields = {key: value for key, _, value in config.numeric_fields(config.Config())}
-    optional_numbers = {"data.val_resize", "pgt.alpha"}  # null by default
-    assert set(fields) | optional_numbers == set(config.RANGES), "add the new numeric key to config.RANGES"
-    for key, value in fields.items():
+    numeric = {k.name for k in config.keys(config.Config) if config.number_type(k.type)}
+    assert {"data.val_resize", "pgt.alpha", "data.workers"} <= numeric  # null or a word by default, numbers too
+    assert numeric == set(config.RANGES), "give the new numeric key a range=... on its param()"
+    for key, _, value in config.numeric_fields(config.Config()):
         assert config.in_range(value, config.RANGES[key]), (key, value, config.RANGES[key])
 
 
 def outside(text: str, integer: bool) -> list:
     """Values just outside each end of an interval: the bound itself where it is open, one unit past where closed."""
-    lo, hi, lo_open, hi_open = config.interval(text)
+    lo, hi, lo_open, hi_open = config.parse_range(text)
     step = 1 if integer else max(1e-6, 1e-6 * abs(hi))
     return [lo if lo_open else lo - step, hi if hi_open else hi + step]
 
 
 @pytest.mark.parametrize("key", sorted(config.RANGES))
 def test_each_range_is_enforced_at_both_ends(key):
-    example = config.Config(pgt=config.PGTConfig(alpha=0.5), data=config.DataConfig(val_resize=256))
-    integer = isinstance(next(v for k, _, v in config.numeric_fields(example) if k == key), int)
+    integer = next(config.number_type(k.type) for k in config.keys(config.Config) if k.name == key) is int
     for value in outside(config.RANGES[key], integer):
         value = int(value) if integer else float(value)
         text = f"[{value}, {value}]" if key in ("data.crop_scale", "data.crop_ratio") else (
@@ -165,3 +168,99 @@ def test_decoder_outside_the_nvjpeg_loader_is_refused():
     from pgt_train.config import load
     with pytest.raises(ConfigError, match="data.decoder: chooses data.loader nvjpeg's decoder"):
         load("/dev/null", ["data.loader=torchvision", "data.root=/tmp", "data.decoder=pil"])
+
+
+# ---------------------------------------------------------------------------------------------
+# new keys, and docs/configuration.md's "Adding a key"
+
+
+@pytest.mark.parametrize("override, value", [("data.workers=auto", "auto"), ("data.workers=4", 4),
+                                             ("data.workers=0", 0)])
+def test_workers_take_a_count_or_auto(override, value):
+    assert config.load(None, SYNTH + [override]).data.workers == value
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.workers=-1"], "data.workers: must lie in [0, 256], got -1"),
+    (["data.workers=257"], "data.workers: must lie in [0, 256], got 257"),
+    (["data.workers=many"], "data.workers: expected int or 'auto', got 'many' (str)"),
+    (["data.workers=2.5"], "data.workers: expected int or 'auto', got 2.5 (float)"),
+    (["model.dtype=float16"], "model.dtype: 'float16' is not one of: float32, float64"),
+    (["model.dtype=float64"], "model.dtype: float64 parameters cannot train under amp.dtype fp16"),
+    (["model.dtype=float64", "amp.dtype=bf16"], "set amp.dtype=none"),
+    (["pgt.form=temperature"], "pgt.form: temperature needs PGT on: set pgt.alpha"),
+    (["pgt.form=temperature", "pgt.alpha=0.5", "pgt.impl=official"],
+     "pgt.form: temperature is defined for pgt.impl exact only, got official: set pgt.impl=exact"),
+    (["pgt.form=heat"], "pgt.form: 'heat' is not one of: backward, temperature"),
+])
+def test_new_keys_refuse_in_one_line(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        config.load(None, SYNTH + overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_new_keys_follow_their_advice_and_define_the_run():
+    exact = config.load(None, SYNTH + ["model.dtype=float64", "amp.dtype=none"])
+    assert exact.model.dtype == "float64"
+    twin = config.load(None, SYNTH + ["pgt.form=temperature", "pgt.alpha=0.5"])
+    base = config.load(None, SYNTH + ["pgt.alpha=0.5"])
+    assert [d[0] for d in config.diff_defining(base, twin)] == ["pgt.form"]
+    assert [d[0] for d in config.diff_defining(base, exact)][:1] == ["model.dtype"]
+    assert config.diff_defining(base, config.load(None, SYNTH + ["pgt.alpha=0.5", "data.workers=auto"])) == []
+
+
+NEW_KEY = '    lookahead: int = param(5, range="[1, 10]", doc="steps the optimizer looks ahead")\n'
+ADDING_A_KEY = """
+from pgt_train import config
+from pgt_train.config import ConfigError
+cfg = config.load(None, ["data.loader=synthetic", "optim.lookahead=7"])
+assert cfg.optim.lookahead == 7 and config.Config().optim.lookahead == 5
+for bad, message in [("0", "optim.lookahead: must lie in [1, 10], got 0"), ("2.5", "optim.lookahead: expected int"),
+                     ("x", "optim.lookahead: expected int"), ("", "optim.lookahead: expected int")]:
+    try:
+        config.load(None, ["data.loader=synthetic", f"optim.lookahead={bad}"])
+        raise SystemExit(f"optim.lookahead={bad} was accepted")
+    except ConfigError as e:
+        assert message in str(e), e
+try:
+    config.load(None, ["data.loader=synthetic", "optim.lookahaed=3"])
+except ConfigError as e:
+    assert "did you mean 'optim.lookahead'?" in str(e), e
+base = config.load(None, ["data.loader=synthetic"])
+assert config.diff_defining(base, cfg) == [("optim.lookahead", 5, 7)]
+assert config.diff_defining({"data": {"loader": "synthetic"}}, base) == []  # an older run folder: the default
+assert config.RANGES["optim.lookahead"] == "[1, 10]"
+print("ok")
+"""
+
+
+def test_adding_a_key_is_one_field(tmp_path):
+    """docs/configuration.md, "Adding a key": one param() line in schema.py and the new key is type-, range- and
+    name-checked, defines the run, and an older config lacking it reads as its default. The line is added to a
+    copy of the package, imported in a child process."""
+    copy = tmp_path / "pgt_train"
+    shutil.copytree(Path(config.__file__).parents[1], copy, ignore=shutil.ignore_patterns("__pycache__"))
+    schema = copy / "config" / "schema.py"
+    text = schema.read_text()
+    anchor = "class OptimConfig:\n"
+    assert anchor in text
+    schema.write_text(text.replace(anchor, anchor + NEW_KEY))
+    done = subprocess.run([sys.executable, "-c", ADDING_A_KEY], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_derive_sees_the_whole_checked_tree_once_per_load_and_its_result_is_checked(monkeypatch):
+    from pgt_train.config import compose
+    seen = []
+
+    def derive(tree):
+        seen.append(tree)
+        return {**tree, "optim": {**tree["optim"], "lr": tree["optim"]["lr"] / 2}}
+    monkeypatch.setattr(compose, "derive", derive)
+    assert config.load(None, SYNTH + ["optim.lr=0.5"]).optim.lr == 0.25
+    assert len(seen) == 1 and seen[0] == config.to_dict(config.from_dict({"data": {"loader": "synthetic"},
+                                                                          "optim": {"lr": 0.5}}))
+    monkeypatch.setattr(compose, "derive", lambda tree: {**tree, "optim": {**tree["optim"], "lr": -1.0}})
+    with pytest.raises(ConfigError, match=r"optim.lr: must lie in \(0, 1e30\], got -1.0"):
+        config.load(None, SYNTH)

@@ -146,8 +146,9 @@ def test_sigterm_to_pgt_torchrun_stops_all_ranks_at_one_step_exits_75_and_resume
     assert stopped.returncode == 75, stopped.stdout + stopped.stderr
     assert "Traceback" not in stopped.stderr and "SIGTERM: saved" in stopped.stdout, stopped.stdout + stopped.stderr
     state = torch.load(run_dir / "last.pth", weights_only=True)
-    assert state["step"] % sync_every == 0 or state["batches_done"] == 0, "ranks stop only at an agreement point"
-    assert state["step"] < 30 and len(state["rng"]) == 2, "stopped early, with both ranks' RNG states"
+    counters = state["counters"]
+    assert counters["steps_done"] % sync_every == 0 or counters["epoch_steps_done"] == 0, "ranks stop only at an agreement point"
+    assert counters["steps_done"] < 30 and len(state["rng"]) == 2, "stopped early, with both ranks' RNG states"
     resumed = finish(start_pgt_torchrun(2, train_args(run_dir, *extra, "--resume", "auto")))
     assert resumed.returncode == 0, resumed.stderr
     assert finish(straight).returncode == 0

@@ -1,7 +1,9 @@
 """The Docker image built from the repo's Dockerfile and run for real (tests/docker/: our own dockerd under
-/var/cache/pgt-train-docker, a local Debian + torch base image, --network=host). Four runs inside containers:
-the shortened demo (compared with the same run outside), `docker stop` mid-epoch then `--resume auto`,
-pgt-torchrun with 2 ranks, pgt-report. Skipped, with the reason, only when docker.io cannot be installed."""
+/var/cache/pgt-train-docker, --network=host). Two local Debian + torch bases: Debian's own python3 with torch
+installed system-wide (PEP 668, no `python`), and a venv on PATH as in the official images. On the system base,
+four runs inside containers: the shortened demo (compared with the same run outside), `docker stop` mid-epoch
+then `--resume auto`, pgt-torchrun with 2 ranks, pgt-report. On both, the image keeps the base's torch.
+Skipped, with the reason, only when docker.io cannot be installed."""
 import os
 import signal
 import subprocess
@@ -17,7 +19,10 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 ENGINE = REPO / "tests" / "docker" / "engine.sh"
 CACHE = Path(os.environ.get("PGT_DOCKER_CACHE", "/var/cache/pgt-train-docker"))
-BASE, IMAGE = "pgt-train-base:bookworm-torch", "pgt-train:test"
+BASE_SYSTEM, BASE_VENV = "pgt-train-base:bookworm-system-torch", "pgt-train-base:bookworm-venv-torch"
+IMAGE, IMAGE_VENV = "pgt-train:test", "pgt-train:test-venv"
+# Which torch a python3 imports, down to its file's mtime: a reinstall over the base's would change it.
+TORCH_PROBE = "import os, sys, torch; print(sys.executable, torch.__version__, os.stat(torch.__file__).st_mtime_ns)"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 # The demo recipe, shortened (2 cores): a smaller generated set of its own, 3 epochs.
 DEMO = ["--config", "configs/demo.yaml", "data.root=data/docker-demo", "data.demo.train_per_class=60",
@@ -52,9 +57,22 @@ def sh(*cmd, env=None, timeout=600, check=True) -> subprocess.CompletedProcess:
     return proc
 
 
+def build(request, env, base: str, image: str) -> None:
+    """This Dockerfile built on `base` as `image` (the host's CA bundle in docker/ca/ for pip's proxy)."""
+    (REPO / "docker" / "ca").mkdir(exist_ok=True)
+    if HOST_CA.is_file():  # this machine's TLS-intercepting proxy; docker/ca/ is git-ignored
+        (REPO / "docker" / "ca" / "host-bundle.crt").write_bytes(HOST_CA.read_bytes())
+    start = time.monotonic()
+    sh("docker", "build", "--network=host", "--build-arg", f"BASE_IMAGE={base}", "-t", image, REPO,
+       env=env, timeout=3600)
+    size = int(sh("docker", "image", "inspect", "--format", "{{.Size}}", image, env=env).stdout)
+    say(request.config, f"project image on {base}: {time.monotonic() - start:.0f} s, {image} {size / 1e9:.2f} GB")
+
+
 @pytest.fixture(scope="session")
 def docker_env(request):
-    """DOCKER_HOST of our own dockerd, with the base and project images built; the daemon stops after."""
+    """DOCKER_HOST of our own dockerd, with the base images and the project image on the system base built;
+    the daemon stops after."""
     if os.geteuid() != 0:
         pytest.skip("Docker test needs root (apt-get install docker.io, dockerd)")
     installed = subprocess.run([ENGINE, "install"], capture_output=True, text=True)
@@ -65,16 +83,9 @@ def docker_env(request):
     env = {**os.environ, "DOCKER_HOST": host}
     try:
         start = time.monotonic()
-        sh(REPO / "tests" / "docker" / "base_image.sh", CACHE, BASE, env=env, timeout=3600)
-        say(request.config, f"base image: {time.monotonic() - start:.0f} s")
-        (REPO / "docker" / "ca").mkdir(exist_ok=True)
-        if HOST_CA.is_file():  # this machine's TLS-intercepting proxy; docker/ca/ is git-ignored
-            (REPO / "docker" / "ca" / "host-bundle.crt").write_bytes(HOST_CA.read_bytes())
-        start = time.monotonic()
-        sh("docker", "build", "--network=host", "--build-arg", f"BASE_IMAGE={BASE}", "-t", IMAGE, REPO,
-           env=env, timeout=3600)
-        size = int(sh("docker", "image", "inspect", "--format", "{{.Size}}", IMAGE, env=env).stdout)
-        say(request.config, f"project image build: {time.monotonic() - start:.0f} s, {IMAGE} {size / 1e9:.2f} GB")
+        sh(REPO / "tests" / "docker" / "base_image.sh", CACHE, BASE_SYSTEM, BASE_VENV, env=env, timeout=3600)
+        say(request.config, f"base images: {time.monotonic() - start:.0f} s")
+        build(request, env, BASE_SYSTEM, IMAGE)
         yield env
     finally:
         sh(ENGINE, "down", CACHE, check=False)
@@ -82,7 +93,7 @@ def docker_env(request):
         assert not left, f"engine.sh down left mounts under {CACHE}: {left}"
 
 
-def docker_run(env, *args, user, mounts, opts=(), name=None, entry=None, detach=False, timeout=600):
+def docker_run(env, *args, user, mounts, opts=(), name=None, entry=None, detach=False, timeout=600, image=IMAGE):
     """`docker run` as the tests' users run it: host network, --user UID:GID, folders mounted."""
     cmd = ["docker", "run", "--network=host", "--user", f"{user}:{user}", *opts]
     cmd += ["-d"] if detach else ["--rm"]
@@ -90,7 +101,7 @@ def docker_run(env, *args, user, mounts, opts=(), name=None, entry=None, detach=
     cmd += ["--entrypoint", entry] if entry else []
     for host_dir, inside in mounts.items():
         cmd += ["-v", f"{host_dir}:{inside}"]
-    return sh(*cmd, IMAGE, *args, env=env, timeout=timeout, check=False)
+    return sh(*cmd, image, *args, env=env, timeout=timeout, check=False)
 
 
 @pytest.fixture(scope="session")
@@ -101,6 +112,23 @@ def outside(tmp_path_factory):
     sh(REPO / ".venv" / "bin" / "pgt-train", *DEMO, f"run.dir={tmp / 'run'}",
        f"data.root={tmp / 'data' / 'docker-demo'}", env={**os.environ, "PYTHONFAULTHANDLER": "1"})
     return tmp / "data", tmp / "run"
+
+
+@pytest.mark.parametrize("base, image", [(BASE_SYSTEM, IMAGE), (BASE_VENV, IMAGE_VENV)], ids=["system", "venv"])
+def test_image_keeps_the_base_python_and_torch(request, docker_env, base, image):
+    """On Debian's own python3 (PEP 668, no `python`) and on a venv first on PATH, as in the official images:
+    the image installs into the base's python3 (the same interpreter), keeps its torch file untouched, runs
+    pgt-train, and does not keep the build's PIP_BREAK_SYSTEM_PACKAGES for its users."""
+    if image != IMAGE:
+        build(request, docker_env, base, image)
+    in_base = sh("docker", "run", "--rm", "--network=host", "--entrypoint", "python3", base, "-c", TORCH_PROBE,
+                 env=docker_env).stdout
+    in_image = docker_run(docker_env, "-c", TORCH_PROBE, user=0, mounts={}, entry="python3", image=image)
+    assert in_image.returncode == 0 and in_image.stdout == in_base, (in_base, in_image.stdout + in_image.stderr)
+    helped = docker_run(docker_env, user=os.getuid(), mounts={}, image=image)  # the image's CMD: --help
+    assert helped.returncode == 0 and "pgt-train" in helped.stdout, helped.stdout + helped.stderr
+    env = sh("docker", "image", "inspect", "--format", "{{json .Config.Env}}", image, env=docker_env).stdout
+    assert "PIP_BREAK_SYSTEM_PACKAGES" not in env, env
 
 
 def owners(folder: Path) -> set[int]:

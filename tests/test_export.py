@@ -15,7 +15,7 @@ def run_dir(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
-    state = {"model": model.state_dict(), "epoch": 3,
+    state = {"model": model.state_dict(), "counters": {"epochs_done": 3},
              "config": {"model": {"name": "resnet18", "num_classes": 4, "norm": "batchnorm"}}}
     for name in ("last.pth", "best.pth"):
         checkpoint.save(run / name, state)

@@ -50,7 +50,7 @@ def loaders(root, loader, *, batch_size=4, workers=0, rank=0, world=1):
 def datasets(root, seed=3):
     kw = dict(num_classes=len(CLASSES), img_size=IMG, val_resize=None, crop_scale=(0.08, 1), crop_ratio=(3 / 4, 4 / 3),
               seed=seed)
-    return build_datasets(str(root), **kw), build_encoded_datasets(str(root), **kw)
+    return build_datasets(str(root), train_path="pil", **kw), build_encoded_datasets(str(root), **kw)
 
 
 def assert_close_batches(reference, candidate):
@@ -158,7 +158,7 @@ def odd_files_folder(root: Path) -> tuple[Path, dict]:
 def test_odd_and_corrupt_files_take_the_torchvision_path(tmp_path):
     root, kinds = odd_files_folder(tmp_path)
     kw = dict(num_classes=3, img_size=IMG, val_resize=None, crop_scale=(0.08, 1), crop_ratio=(3 / 4, 4 / 3), seed=0)
-    reference = build_datasets(str(root), **kw)
+    reference = build_datasets(str(root), train_path="pil", **kw)
     for folder, encoded in zip(reference, build_encoded_datasets(str(root), **kw)):
         for index, (path, _) in enumerate(folder.samples):
             got, expected = encoded[(index, 1)], folder[(index, 1)]
@@ -290,7 +290,8 @@ def test_gpu_check_cpu_smoke_runs_the_end_to_end_section(tmp_path):
     assert "error" not in e2e, e2e
     assert e2e["nvjpeg_check"]["ok"], e2e["nvjpeg_check"]
     runs = {(r["loader"], r["compile"]) for r in e2e["runs"]}
-    assert {("bare", False), ("synthetic", False), ("torchvision", False), ("nvjpeg:torchvision", False)} <= runs
+    assert {("bare", False), ("synthetic", False), ("torchvision", False), ("torchvision:pil", False),
+            ("nvjpeg:torchvision", False)} <= runs
     for r in e2e["runs"]:
         assert r["img_per_s"] > 0 and r["steps"] >= 2 and r["cpu_cores_busy"] is not None
     assert {r["loop"] for r in e2e["runs"] if r["loader"] != "bare"} == {"engine"}  # end to end = pgt-train's engine

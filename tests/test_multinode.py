@@ -95,7 +95,7 @@ def test_a_lost_host_ends_the_other_within_seconds_and_resume_continues(hosts, t
     assert took < 25, f"the surviving host took {took:.1f} s to end"
     assert "Traceback" not in survivor.stderr, survivor.stderr
     state = torch.load(run_dir / "last.pth", weights_only=True)
-    assert 0 < state["step"] < 20, "the kill came mid-run, after a checkpoint"
+    assert 0 < state["counters"]["steps_done"] < 20, "the kill came mid-run, after a checkpoint"
 
     resumed = [finish(p) for p in start_two_nodes(hosts, train_args(run_dir, *EXTRA, "--resume", "auto"))]
     check_ok(resumed)

@@ -43,7 +43,7 @@ def test_sigterm_mid_epoch_then_resume_is_exact(straight_run, tmp_path):
     assert proc.returncode == EXIT_PREEMPTED, err
     assert "SIGTERM: saved" in out and "--resume auto" in out
     state = torch.load(run_dir / "last.pth", weights_only=True)
-    assert state["epoch"] == 0 and 0 < state["batches_done"] < 12, "stopped inside the first epoch"
+    assert state["counters"]["epochs_done"] == 0 and 0 < state["counters"]["epoch_steps_done"] < 12, "stopped inside the first epoch"
     resumed = run_cli(*SYNTH, f"run.dir={run_dir}", "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr
     a = torch.load(straight_run / "last.pth", weights_only=True)["model"]
@@ -170,7 +170,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
             or "optimizer state are not finite at step" in blown.stderr)
     assert "the last good checkpoint is kept" in blown.stderr and "Traceback" not in blown.stderr
     kept = torch.load(run_dir / "last.pth", weights_only=True)
-    assert kept["step"] >= 1
+    assert kept["counters"]["steps_done"] >= 1
     assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
 
 
@@ -202,24 +202,24 @@ def test_sigterm_while_the_run_is_still_being_built_checkpoints_after_the_first_
     from the moment the run folder is locked, so the run stops after its first step with last.pth, exit 75 (before,
     SIGTERM's default action ended the process with no checkpoint)."""
     from pgt_train import cli, trainer
-    real_build = trainer.build_parts
+    real_build = trainer.build_setup
 
     def build_then_signal(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)  # a real signal to this process, mid-build
         return real_build(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "build_parts", build_then_signal)
+    monkeypatch.setattr(trainer, "build_setup", build_then_signal)
     previous = signal.getsignal(signal.SIGTERM)
     run_dir = tmp_path / "run"
     assert cli.main(tiny_run_args(run_dir, "run.log_interval=1")) == EXIT_PREEMPTED
-    assert checkpoint.load(run_dir / "last.pth")["step"] == 1
+    assert checkpoint.load(run_dir / "last.pth")["counters"]["steps_done"] == 1
     assert signal.getsignal(signal.SIGTERM) == previous  # handed back when the run ends
 
 
 POOL_WHILE_A_RUN_BUILDS = """
 import multiprocessing, os, signal, time
 from pgt_train.preempt import StopRequest
-stop = StopRequest()  # as from the run folder's lock on (cli.train_locked), when the demo generator's pool forks
+stop = StopRequest()  # as from the run folder's lock on (cli.train), when the demo generator's pool forks
 with multiprocessing.get_context("fork").Pool(2) as pool:
     pool.apply_async(time.sleep, (120,))
     time.sleep(1)  # the workers are up, one of them busy: the with's terminate() SIGTERMs them, then joins

@@ -117,14 +117,19 @@ def test_paper_row_beside_a_matching_run(tmp_path, capsys):
     line = next(l for l in md.splitlines() if l.startswith("| r50_pgt |"))
     assert "| 2/100 |" in line  # trained / scheduled epochs
     # ours 60 / 55 after 2 epochs, one seed: no spread to give
-    assert "| T1#4* | 79.68 | 77.216 | -19.68 (single run) | -22.22 (single run) |" in line
+    assert "| 60.00 (one seed) | 55.00 (one seed) |" in line  # the seed band of a single seed
+    # † T1#4: the README and Fig. 4(b) give ResNet-50 cosine PGT at α 0.3, Table 1 at 0.05 (paper_results.yaml)
+    assert "| T1#4* † | 79.68 | 77.216 | -19.68 (single run) | -22.22 (single run) |" in line
+    assert "† T1#4: the paper's sources disagree on this row's α (resnet50-cosine-which-alpha" in md
+    assert "Paper numbers: the paper's Tables 1-3" in md
     assert "r50_pgt (T1#4*): trained 2 of 100 epochs" in md  # flagged: not the paper's whole schedule
     (row,) = read_csv(out / "report.csv")
     assert (row["paper_row"], float(row["paper_train"]), float(row["paper_test"])) == ("T1#4", 79.68, 77.216)
     assert (row["comparable"], row["reading"], row["impl"]) == ("yes", "paper", "exact")
     # The same run is Table 3's row 7 when that table is asked for.
     assert main([str(tmp_path / "runs"), "--out", str(out), "--table", "3"]) == 0
-    assert "| T3#7* | 79.68 | 77.216 |" in (out / "report.md").read_text()
+    assert "| T3#7* † | 79.68 | 77.216 |" in (out / "report.md").read_text()
+    assert "Paper numbers: the paper's Table 3 (" in (out / "report.md").read_text()
     assert "Table 3 (ResNet-50 ablation)" in (out / "report.md").read_text()
     assert main([str(tmp_path / "runs"), "--out", str(out), "--table", "2"]) == 2
     assert "no run matches a row of the paper's Table 2" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import csv
 import sys
 
 import pytest
+import yaml
 
 from pgt_train import config
 from pgt_train.report.cli import main
@@ -156,3 +157,38 @@ def test_run_continued_into_a_new_folder_reads_finished(tmp_path, capsys):
     assert set(rows) == {"b", "c"}
     assert (rows["b"]["duplicates"], rows["b"]["epochs_trained"]) == (str(tmp_path / "a"), "2")
     assert (rows["c"]["duplicates"], rows["c"]["epochs_trained"], rows["c"]["epochs"]) == ("", "2", "2")
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (lambda text: text + "zzz: 1\n", "unknown key 'zzz'"),
+    (lambda text: text.replace("seed: 0\n", "seed: zero\n", 1), "seed: expected int, got 'zero'"),
+    (lambda text: text.replace("  alpha: null\n", "  alpha: 7.0\n", 1), "pgt.alpha: must lie in"),
+], ids=["unknown key", "wrong type", "out of range"])
+def test_config_yaml_is_read_as_strictly_as_a_recipe(tmp_path, capsys, tamper, message):
+    # Was grouped like any other run: pgt-report read config.yaml keys that pgt-train refuses.
+    good = write_epochs(write_config(tmp_path / "runs" / "good"), (30.0, 40.0))
+    bad = write_epochs(write_config(tmp_path / "runs" / "bad"), (30.0, 40.0))
+    config_yaml = bad / "config.yaml"
+    config_yaml.write_text(tamper(config_yaml.read_text()))
+    out = tmp_path / "r"
+    assert main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    (row,) = read_csv(out / "report.csv")
+    assert (row["group"], row["seeds"], row["duplicates"]) == ("good", "1", ""), "the refused run is no seed of it"
+    err = capsys.readouterr().err
+    line = f"pgt-report: skipped {config_yaml}: {message}"
+    assert line in err and err.count(str(config_yaml)) == 1, err
+    footer = (out / "report.md").read_text().split("### Run folders not reported (no result)")[1]
+    assert f"- {config_yaml}: {message}" in footer and str(good) not in footer
+    assert main([str(bad), "--out", str(tmp_path / "r2")]) == 2  # named on its own: bad input, nothing written
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(config_yaml) in err and message in err
+    assert not (tmp_path / "r2").exists()
+
+
+def test_older_config_yaml_without_newer_keys_still_reads(tmp_path):
+    run = write_epochs(write_config(tmp_path / "old"), (30.0, 40.0))
+    tree = config.read_yaml(run / "config.yaml")
+    del tree["diag"], tree["pgt"]["authors_fp16"], tree["data"]["decoder"]  # keys older versions did not write
+    (run / "config.yaml").write_text(yaml.safe_dump(tree))
+    assert main([str(run), "--out", str(tmp_path / "r")]) == 0
+    assert [r["group"] for r in read_csv(tmp_path / "r" / "report.csv")] == ["old"]

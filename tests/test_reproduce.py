@@ -1,4 +1,6 @@
 """scripts/reproduce.py as a user runs it: --dry-run plans, skip/resume/start, and one-line errors."""
+import csv
+import re
 import shlex
 import subprocess
 import sys
@@ -20,8 +22,9 @@ def reproduce(*args):
 
 
 def plan(stdout: str) -> list[tuple[str, list[str]]]:
-    """(status, command argv) per row: each row prints '[i/n] label: status run_dir' and then its command."""
-    lines = stdout.splitlines()
+    """(status, command argv) per row: each row prints '[i/n] label: status run_dir' and then its command (after the
+    lines that name row-defining overrides)."""
+    lines = [line for line in stdout.splitlines() if not line.startswith("reproduce: ")]
     assert len(lines) % 2 == 0, stdout
     return [(head.rsplit(": ", 1)[1].split()[0], shlex.split(cmd)) for head, cmd in zip(lines[::2], lines[1::2])]
 
@@ -138,7 +141,7 @@ def test_trailing_overrides_apply_to_every_selected_row(tmp_path):
                   "data.batch_size=64")
     assert r.returncode == 0, r.stderr
     rows = plan(r.stdout)
-    assert len(rows) == 2 and r.stdout.startswith("[2/14] ") and "\n[5/14] " in r.stdout
+    assert len(rows) == 2 and "\n[2/14] " in r.stdout and "\n[5/14] " in r.stdout
     assert all({"sched.epochs=30", "data.batch_size=64"} <= set(cmd) for _, cmd in rows)
 
 
@@ -173,3 +176,75 @@ def test_figure_hook_baselines_and_step_epochs(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--impl authors or official" in r.stderr
     r = reproduce("--figure", "9", "--dry-run")
     assert r.returncode == 2 and "no figure '9'" in r.stderr
+
+
+def folders(stdout: str) -> list[str]:
+    return [line.rsplit(" ", 1)[1] for line in stdout.splitlines() if line.startswith("[")]
+
+
+def test_a_row_defining_override_is_named_with_the_rows_it_changes_and_carried_by_their_folders(tmp_path):
+    # Was applied to all 14 rows silently, baselines included, into folders named for the paper's rows.
+    plain = folders(reproduce("--table", "1", "--dry-run", "--runs-root", str(tmp_path)).stdout)
+    r = reproduce("--table", "1", "--dry-run", "--runs-root", str(tmp_path), "pgt.alpha=0.25", "data.workers=3",
+                  "data.root=/elsewhere", "run.progress=false", "data.loader=dali")  # dali: the same images
+    assert r.returncode == 0, r.stderr
+    notes = [line for line in r.stdout.splitlines() if line.startswith("reproduce: ")]
+    assert notes == ["reproduce: pgt.alpha=0.25 changes the recipe of rows 1-9, 11, 13 of 14; their run folders "
+                     "are named for it"]
+    alphas = [config.load(REPO / e["recipe"]).pgt.alpha for e in INDEX["table1"]]
+    for alpha, before, after in zip(alphas, plain, folders(r.stdout)):
+        name = Path(before).name
+        assert Path(after).name == (name if alpha == 0.25 else name + "+pgt.alpha=0.25"), after
+    assert all(cmd.count("pgt.alpha=0.25") == 1 for _, cmd in plan(r.stdout))  # still applied to every row
+    r = reproduce("--table", "1", "--rows", "13", "--dry-run", "--runs-root", str(tmp_path), "data.workers=3",
+                  "data.root=/elsewhere", "run.progress=false", "diag.interval=5")
+    assert "reproduce: " not in r.stdout and folders(r.stdout) == [plain[12]], "non-defining: names unchanged"
+
+
+def test_long_overrides_name_folders_by_a_stable_hash(tmp_path):
+    tiny = ["data.loader=synthetic", "data.img_size=32", "model.num_classes=4", "data.batch_size=8", "sched.epochs=2",
+            "sched.warmup_epochs=1", "data.crop_scale=[0.5,1.0]"]
+    runs = [folders(reproduce("--table", "2", "--rows", "1,2", "--dry-run", "--runs-root", str(tmp_path),
+                              *args).stdout) for args in (tiny, tiny[::-1], [*tiny, "sched.epochs=3"])]
+    assert runs[0] == runs[1], "the same overrides in another order: the same folders"
+    assert all(re.search(r"_b1024(_pgt0.92)?\+overrides-[0-9a-f]{8}$", f) for f in runs[0]), runs[0]
+    assert runs[2][0] != runs[0][0]
+
+
+def test_pgt_report_never_places_an_overridden_row_beside_the_paper(tmp_path):
+    """Row 13 (T1#13, resnet18 cosine) as reproduce.py runs it, with and without pgt.alpha=0.5: hand-made run
+    folders from the printed commands; only the plain one stands beside the paper's row."""
+    from pgt_train.report.cli import main as report
+    from pgt_train.writers import RunWriter
+    for args in ([], ["pgt.alpha=0.5"]):
+        r = reproduce("--table", "1", "--rows", "13", "--dry-run", "--runs-root", str(tmp_path / "runs"), *args)
+        (_, cmd), = plan(r.stdout)
+        cfg = config.load(REPO / cmd[4], cmd[7:-2], [config.reading_path(cmd[6])])
+        Path(cfg.run.dir).mkdir(parents=True)
+        (Path(cfg.run.dir) / "config.yaml").write_text(config.to_yaml(cfg))
+        writer = RunWriter(Path(cfg.run.dir), enabled=True)
+        writer.epoch({"epoch": 1, "lr": 0.1, "train_loss": 1.0, "train_top1": 40.0, "val_loss": 1.5, "val_top1": 35.0,
+                      "val_top5": 60.0, "val_images": 50, "train_img_per_s": 1.0, "epoch_time_s": 1.0})
+        writer.close()
+    assert report([str(tmp_path / "runs"), "--out", str(tmp_path / "report")]) == 0
+    with open(tmp_path / "report" / "report.csv", newline="") as f:
+        rows = {Path(r["group"]).name: r for r in csv.DictReader(f)}
+    assert rows["resnet18_cosine"]["paper_row"] == "T1#13"
+    overridden = rows["resnet18_cosine+pgt.alpha=0.5"]
+    assert (overridden["paper_row"], overridden["comparable"]) == ("", "no") and "pgt.alpha" in overridden["differs"]
+
+
+def test_a_renamed_row_runs_writes_its_overrides_beside_it_and_is_skipped_when_rerun(tmp_path):
+    tiny = ["data.loader=synthetic", "data.train_size=64", "data.val_size=16", "data.img_size=32",
+            "model.num_classes=4", "data.batch_size=8", "data.workers=0", "sched.epochs=1", "sched.warmup_epochs=0",
+            "optim.lr=0.002", "run.progress=false"]
+    args = ("--table", "2", "--rows", "1", "--runs-root", str(tmp_path), *tiny)
+    first = run_python(SCRIPT, *args, timeout=180)
+    assert first.returncode == 0, first.stderr
+    (run_dir,) = folders(first.stdout)
+    assert re.search(r"/nopgt/table2/resnet18_nobn_b1024\+overrides-[0-9a-f]{8}$", run_dir), run_dir
+    written = set((Path(run_dir) / "overrides.txt").read_text().splitlines())
+    assert {"data.loader=synthetic", "sched.epochs=1", "model.num_classes=4"} <= written
+    assert not any(t.startswith(("data.workers=", "run.")) for t in written), "non-defining: not part of the row"
+    again = run_python(SCRIPT, *args, timeout=60)
+    assert again.returncode == 0 and f": skip {run_dir}" in again.stdout, again.stdout

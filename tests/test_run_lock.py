@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pgt_train import checkpoint, cli, runlock
-from pgt_train.writers import read_summary
+from pgt_train.writers import TIMING_COLUMNS, read_summary
 from tests.helpers import REPO, finish, python_env, run_python, start_cli, start_python, tiny_run_args
 
 TINY = tiny_run_args(None, "diag.interval=2", "run.log_interval=2", model="resnet10t", train_size=48)  # 6 steps/epoch
@@ -23,7 +23,7 @@ KILL_AT_SAVE = textwrap.dedent("""
     name, step, when = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     real = checkpoint.save
     def save(path, state):
-        hit = path.name == name and state["step"] == step
+        hit = path.name == name and state["counters"]["steps_done"] == step
         if hit and when == "before":
             os.kill(os.getpid(), signal.SIGKILL)
         real(path, state)
@@ -125,7 +125,9 @@ def test_sigkill_between_last_and_best_is_repaired_by_the_resume(tmp_path):
     assert f"repaired {run_dir / 'best.pth'}: it is missing" in resumed.stdout
     assert "is finished" in resumed.stdout
     last, best = (torch.load(run_dir / n, weights_only=True) for n in ("last.pth", "best.pth"))
-    assert best["epoch"] == last["best_epoch"] == 1 and best["best_top1"] == last["best_top1"]
+    best_counters, last_counters = best["counters"], last["counters"]
+    assert best_counters["epochs_done"] == last_counters["best_epoch"] == 1
+    assert best_counters["best_top1"] == last_counters["best_top1"]
     assert all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])
     exported = run_python("-m", "pgt_train", "export", run_dir, "--out", tmp_path / "m.safetensors")
     assert exported.returncode == 0 and "from best.pth: epoch 1, val top-1" in exported.stdout, exported.stdout
@@ -133,13 +135,14 @@ def test_sigkill_between_last_and_best_is_repaired_by_the_resume(tmp_path):
 
 def test_a_stale_best_is_named_and_tracking_continues_from_it(tmp_path):
     """Weights of the recorded best epoch gone (last.pth moved on): best.pth is kept, the run's best lowered to it."""
-    def state(epoch, best_top1, best_epoch, batches_done=0):
-        return {"model": {"w": torch.zeros(1)}, "epoch": epoch, "batches_done": batches_done,
-                "best_top1": best_top1, "best_epoch": best_epoch}
+    def state(epoch, best_top1, best_epoch, steps_done_in_epoch=0):
+        counters = {"epochs_done": epoch, "steps_done": 6 * epoch + steps_done_in_epoch,
+                    "epoch_steps_done": steps_done_in_epoch, "best_top1": best_top1, "best_epoch": best_epoch}
+        return {"model": {"w": torch.zeros(1)}, "counters": counters}
     checkpoint.save(tmp_path / "best.pth", state(2, 60.0, 2))
-    fixed, note = checkpoint.reconcile_best(tmp_path, state(4, 75.0, 3, batches_done=2))
+    fixed, note = checkpoint.reconcile_best(tmp_path, state(4, 75.0, 3, steps_done_in_epoch=2))
     assert "holds epoch 2 (val top-1 60.00)" in note and "whose weights are gone" in note
-    assert fixed["best_top1"] == 60.0 and fixed["best_epoch"] == 2
+    assert fixed["counters"]["best_top1"] == 60.0 and fixed["counters"]["best_epoch"] == 2
     assert checkpoint.reconcile_best(tmp_path, state(4, 60.0, 2))[1] is None, "consistent: nothing to say"
 
 
@@ -164,7 +167,7 @@ def test_mid_epoch_resume_with_another_accum_steps_trains_each_image_once(tmp_pa
     resumed = run_python("-m", "pgt_train", *args, "data.accum_steps=2", f"run.dir={mid}", "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr
     a, b = (torch.load(d / "last.pth", weights_only=True) for d in (straight, mid))
-    assert a["step"] == b["step"] == 12
+    assert a["counters"]["steps_done"] == b["counters"]["steps_done"] == 12
     for k in a["model"]:
         assert torch.allclose(a["model"][k], b["model"][k], atol=2e-4, rtol=1e-3), k
     rows = read_summary(mid / "summary.csv")
@@ -184,7 +187,7 @@ def test_resumed_row_equals_the_uninterrupted_one_column_by_column(tmp_path):
     a, b = read_summary(straight / "summary.csv"), read_summary(mid / "summary.csv")
     assert len(a) == len(b) == 2
     for column in a[0]:
-        if column not in ("train_img_per_s", "epoch_time_s"):  # timings
+        if column not in TIMING_COLUMNS:
             assert [r[column] for r in b] == [r[column] for r in a], column
     assert b[1]["train_logit_norm"] != "nan"
     for run in (straight, mid):
@@ -201,10 +204,10 @@ def one_epoch(tmp_path_factory):
 
 
 @pytest.mark.parametrize("tamper, message", [
-    (lambda s: s.update(batches_done=1000), "do not fit this run's 6 steps per epoch"),
-    (lambda s: s.update(epoch=-5), "epoch=-5 lies outside [0, 2]"),
+    (lambda s: s["counters"].update(epoch_steps_done=1000), "do not fit this run's 6 steps per epoch"),
+    (lambda s: s["counters"].update(epochs_done=-5), "epochs_done=-5 lies outside [0, 2]"),
     (lambda s: s["config"]["pgt"].update(alpha=7.0), "the config saved in it is not valid (pgt.alpha"),
-    (lambda s: s.update(best_top1=250.0), "best_top1=250.0 is neither -1"),
+    (lambda s: s["counters"].update(best_top1=250.0), "best_top1=250.0 is neither -1"),
     (lambda s: s.pop("model"), "lacks model, which a resume needs"),
 ])
 def test_tampered_resume_state_exits_2_before_anything_is_written(one_epoch, tmp_path, capsys, tamper, message):

@@ -84,7 +84,7 @@ def test_init_from_starts_a_new_run_from_the_weights(finished_run, tmp_path):
     assert train(run_dir, "--init-from", finished_run / "last.pth", "sched.epochs=2", "--run-epochs", "1") == 0
     state = torch.load(run_dir / "last.pth", weights_only=True)
     assert state["config"]["model"]["init_from"] == str(finished_run / "last.pth")
-    assert state["epoch"] == 1 and state["step"] == 6, "a new schedule and new counters"
+    assert state["counters"]["epochs_done"] == 1 and state["counters"]["steps_done"] == 6, "a new schedule and new counters"
     scratch = tmp_path / "scratch"
     assert train(scratch, "--run-epochs", "1") == 0
     a, b = state["model"], torch.load(scratch / "last.pth", weights_only=True)["model"]
@@ -117,7 +117,7 @@ def test_resumed_epoch_row_covers_the_whole_epoch(finished_run, tmp_path):
     finally:
         trainer_module.Trainer._after_step = real_after_step
     state = torch.load(mid / "last.pth", weights_only=True)
-    assert (state["epoch"], state["batches_done"]) == (1, 3)
+    assert (state["counters"]["epochs_done"], state["counters"]["epoch_steps_done"]) == (1, 3)
     assert train(mid, "--resume", "auto") == 0
     straight, resumed = read_summary(finished_run / "summary.csv"), read_summary(mid / "summary.csv")
     for column in ("train_loss", "train_top1", "val_top1"):
@@ -267,3 +267,70 @@ def test_mid_epoch_checkpoint_carries_the_training_time_so_far():
     totals.elapsed_s = 2.0  # an earlier segment of this epoch
     totals.segment_start = time.perf_counter() - 3.0  # a segment running for 3 s when the checkpoint is taken
     assert 4.9 < totals.state_dict()["elapsed_s"] < 6.0
+
+
+def jpeg_args(run_dir, root):
+    return tiny_run_args(run_dir, "run.progress=false", root=root, classes=3, model="resnet10t", img_size=32)
+
+
+def refused_in_one_line(capsys, args, message):
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_a_run_folder_inside_the_data_is_refused_before_anything_is_written(tmp_path, capsys):
+    from tests.helpers import make_jpeg_folder
+    root = make_jpeg_folder(tmp_path / "data")
+    before = tree_digest(root)
+    refused_in_one_line(capsys, jpeg_args(root / "runs" / "x", root), "lies inside data.root")
+    refused_in_one_line(capsys, jpeg_args(root / "train" / "a_round" / "run", root), "lies inside data.root")
+    link = tmp_path / "link"  # the same folder through a symlink
+    link.symlink_to(root)
+    refused_in_one_line(capsys, jpeg_args(link / "run", root), "lies inside data.root")
+    assert tree_digest(root) == before and not (root / "runs").exists()
+
+
+def test_a_symlinked_class_folder_counts_as_the_data(tmp_path, capsys):
+    from tests.helpers import make_jpeg_folder
+    root = make_jpeg_folder(tmp_path / "data")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (root / "train" / "a_round").rename(elsewhere / "a_round")
+    (root / "train" / "a_round").symlink_to(elsewhere / "a_round")
+    refused_in_one_line(capsys, jpeg_args(elsewhere / "a_round" / "run", root), "lies inside data.root")
+    refused_in_one_line(capsys, jpeg_args(elsewhere, root), "lies inside run.dir")
+    assert not (elsewhere / "a_round" / "run").exists() and not (elsewhere / "config.yaml").exists()
+
+
+def test_data_inside_the_run_folder_is_refused(tmp_path, capsys):
+    from tests.helpers import make_jpeg_folder
+    run_dir = tmp_path / "run"
+    root = make_jpeg_folder(run_dir / "data")
+    before = tree_digest(run_dir)
+    refused_in_one_line(capsys, jpeg_args(run_dir, root), "lies inside run.dir")
+    assert tree_digest(run_dir) == before
+
+
+@pytest.mark.parametrize("option", ["--init-from", "--resume"])
+def test_a_file_that_is_not_a_checkpoint_is_named_in_one_line(tmp_path, capsys, option):
+    text = tmp_path / "passwd"
+    text.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    err = refused_in_one_line(capsys, [*TINY, f"run.dir={tmp_path / 'r'}", option, str(text)],
+                              f"{text} is not a readable checkpoint: it is not a file torch.save writes")
+    assert "list index" not in err and not (tmp_path / "r").exists()
+
+
+def test_a_pickle_refusal_is_the_projects_line_only(tmp_path, capsys):
+    from pgt_train import checkpoint
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+    evil = tmp_path / "evil.pth"
+    torch.save({"format": checkpoint.FORMAT, "model": Evil()}, evil)
+    err = refused_in_one_line(capsys, [*TINY, f"run.dir={tmp_path / 'r'}", "--resume", str(evil)],
+                              "holds pickled objects (posix.system) that weights_only loading does not allow")
+    assert "weights_only` set to `False`" not in err and "Weights only load failed" not in err
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "r").exists()

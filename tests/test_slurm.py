@@ -192,4 +192,6 @@ def test_reproduce_dry_run_prints_the_array_and_submits_nothing(tmp_path):
                    "--time=24:00:00"):
         assert option in sbatch, (option, sbatch)
     assert sbatch[-3:-1] == [str(SBATCH), "--rows"] and not list(tmp_path.iterdir())  # nothing written
-    assert r.stdout.count("sched.epochs=90") == 14
+    commands = [shlex.split(line) for line in r.stdout.splitlines() if line.startswith("    ")]
+    assert len(commands) == 14 and all("sched.epochs=90" in c for c in commands)
+    assert "reproduce: sched.epochs=90 changes the recipe of rows 1-14 of 14" in r.stdout  # and names their folders

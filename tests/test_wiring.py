@@ -137,9 +137,9 @@ def test_decoder_reaches_the_nvjpeg_loader(jpeg_folder):
     for decoder, expected in (("pil", "pil"), ("torchvision", "torchvision"), ("auto", "torchvision")):
         cfg = tiny_config("data.loader=nvjpeg", f"data.decoder={decoder}", root=jpeg_folder, model="resnet10t",
                           classes=3)
-        parts = trainer.build_parts(cfg, DistInfo())
-        assert parts.train_loader.loader.decoder.backend == expected
-        assert parts.val_loader.loader.decoder.backend == expected
+        setup = trainer.build_setup(cfg, DistInfo())
+        assert setup.train_loader.loader.decoder.backend == expected
+        assert setup.val_loader.loader.decoder.backend == expected
 
 
 class Built(Exception):
@@ -158,7 +158,7 @@ def test_fp16_autocast_asks_the_device_loaders_for_fp16_images(monkeypatch, amp,
         raise Built  # the model is on the CPU: stop before anything moves to CUDA
     monkeypatch.setattr(data, "build_loaders", build_loaders)
     with pytest.raises(Built):
-        trainer.build_parts(tiny_config(f"amp.dtype={amp}", model="resnet10t"), DistInfo(device=torch.device("cuda")))
+        trainer.build_setup(tiny_config(f"amp.dtype={amp}", model="resnet10t"), DistInfo(device=torch.device("cuda")))
     assert seen["dtype"] == expected and seen["channels_last"] is True
 
 
@@ -169,9 +169,9 @@ def test_nvimgcodec_decodes_the_nvjpeg_loaders_batches(jpeg_folder):
     from pgt_train.dist import DistInfo
     cfg = tiny_config("data.loader=nvjpeg", "data.decoder=nvimgcodec", root=jpeg_folder, model="resnet10t",
                       classes=3, img_size=32, batch=6)
-    parts = trainer.build_parts(cfg, DistInfo())
-    assert parts.train_loader.loader.decoder.backend == "nvimgcodec"
-    parts.train_loader.set_epoch(0)
-    images, targets = next(iter(parts.train_loader))
+    setup = trainer.build_setup(cfg, DistInfo())
+    assert setup.train_loader.loader.decoder.backend == "nvimgcodec"
+    setup.train_loader.set_epoch(0)
+    images, targets = next(iter(setup.train_loader))
     assert images.shape == (6, 3, 32, 32) and images.dtype == torch.float32 and targets.shape == (6,)
     assert images.abs().max() < 5 and images.std() > 0.1  # normalised pixels, not zeros

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -25,6 +26,25 @@ def per_rank_batch(global_batch: int, world_size: int, accum_steps: int) -> int:
         raise UserError(f"data.batch_size={global_batch} does not divide into {world_size} processes x "
                         f"{accum_steps} accumulation steps; choose a multiple of {parts}")
     return global_batch // parts
+
+
+def available_cores() -> int:
+    """The cores this process may run on: its affinity mask (a container's or a scheduler's cpuset), not the
+    machine's os.cpu_count()."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity call (macOS): every core
+        return os.cpu_count() or 1
+
+
+def resolve_workers(workers, *, cores: int | None = None, local_ranks: int | None = None) -> int:
+    """data.workers as a number: itself, or for `auto` this rank's share of the cores (the affinity mask divided
+    among the LOCAL_WORLD_SIZE ranks of this machine) less one for the training process itself, at least 1."""
+    if workers != "auto":
+        return int(workers)
+    cores = available_cores() if cores is None else cores
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if local_ranks is None else local_ranks
+    return max(1, cores // max(1, local_ranks) - 1)
 
 
 def check_folders(cfg: DataConfig, *, num_classes: int) -> None:
@@ -57,7 +77,7 @@ def prepare_demo(cfg: DataConfig, dist: DistInfo) -> None:
         try:
             make_demo_dataset(Path(cfg.root), seed=d.seed, num_classes=d.classes, train_per_class=d.train_per_class,
                               val_per_class=d.val_per_class, image_size=d.image_size, difficulty=d.difficulty,
-                              workers=max(1, cfg.workers))
+                              workers=max(1, resolve_workers(cfg.workers)))
         except FileExistsError as e:  # data.root holds something the generator did not write: never touched
             raise UserError(f"data.root: {e}; point data.root at a new or empty folder for the demo images, "
                             f"or set data.demo.enabled=false to train on this folder") from None
@@ -79,12 +99,13 @@ def resolve_val_resize(cfg: DataConfig, model_name: str | None) -> DataConfig:
 
 
 def build_loaders(cfg: DataConfig, *, num_classes: int, seed: int, dist: DistInfo, channels_last: bool,
-                  model_name: str | None = None, dtype: torch.dtype = torch.float32):
+                  model_name: str | None = None, dtype: torch.dtype = torch.float32, train_path: str = "auto"):
     """Returns (train_loader, val_loader) for data.loader: torchvision | nvjpeg | synthetic | dali.
     model_name resolves data.val_interpolation: model (resolve_val_resize). dtype: the images' dtype where the
     loader normalises on the device itself (nvjpeg, dali: float16 for fp16 autocast, no cast in torch); the CPU
-    loaders' batches stay float32 (autocast casts them in the first layer)."""
-    cfg = resolve_val_resize(cfg, model_name)
+    loaders' batches stay float32 (autocast casts them in the first layer). train_path: data.loader torchvision's
+    training decode and crop, folder.build_datasets's (auto; pil, the path it replaced, for comparisons)."""
+    cfg = dataclasses.replace(resolve_val_resize(cfg, model_name), workers=resolve_workers(cfg.workers))
     batch = per_rank_batch(cfg.batch_size, dist.world_size, cfg.accum_steps)
     if cfg.loader == "dali":
         from pgt_train.data.dali import build_dali_loaders
@@ -97,19 +118,23 @@ def build_loaders(cfg: DataConfig, *, num_classes: int, seed: int, dist: DistInf
         train_set = SyntheticImages(cfg.train_size, num_classes=num_classes, img_size=cfg.img_size, seed=seed)
         val_set = SyntheticImages(cfg.val_size, num_classes=num_classes, img_size=cfg.img_size, seed=seed + 1)
     elif cfg.loader in ("torchvision", "nvjpeg"):
-        from pgt_train.data.folder import build_datasets
+        kw = dict(num_classes=num_classes, img_size=cfg.img_size, val_resize=cfg.val_resize, crop_scale=cfg.crop_scale,
+                  crop_ratio=cfg.crop_ratio, seed=seed, val_interpolation=cfg.val_interpolation,
+                  train_crop=cfg.train_crop)
         if cfg.loader == "nvjpeg":  # workers read bytes; batches are decoded on dist.device (gpu_decode.py)
-            from pgt_train.data.gpu_decode import NvjpegLoader as TorchLoader  # noqa: F811
-            from pgt_train.data.gpu_decode import build_encoded_datasets as build_datasets  # noqa: F811
-        train_set, val_set = build_datasets(cfg.root, num_classes=num_classes, img_size=cfg.img_size,
-                                            val_resize=cfg.val_resize, crop_scale=cfg.crop_scale,
-                                            crop_ratio=cfg.crop_ratio, seed=seed,
-                                            val_interpolation=cfg.val_interpolation, train_crop=cfg.train_crop)
+            from pgt_train.data.gpu_decode import build_encoded_datasets
+            train_set, val_set = build_encoded_datasets(cfg.root, **kw)
+        else:
+            from pgt_train.data.folder import build_datasets
+            train_set, val_set = build_datasets(cfg.root, train_path=train_path, **kw)
     else:
         raise ValueError(f"unknown data.loader '{cfg.loader}' (valid: torchvision, nvjpeg, dali, synthetic)")
     check_train_size(len(train_set), cfg)
     common = dict(batch_size=batch, rank=dist.rank, world_size=dist.world_size, seed=seed, workers=cfg.workers,
                   device=dist.device, channels_last=channels_last, skip_corrupt=cfg.skip_corrupt)
+    loader_class = TorchLoader
     if cfg.loader == "nvjpeg":
+        from pgt_train.data.gpu_decode import NvjpegLoader
+        loader_class = NvjpegLoader
         common.update(decoder=cfg.decoder, dtype=dtype)
-    return TorchLoader(train_set, train=True, **common), TorchLoader(val_set, train=False, **common)
+    return loader_class(train_set, train=True, **common), loader_class(val_set, train=False, **common)

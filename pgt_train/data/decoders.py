@@ -9,8 +9,8 @@ Backends (names are the keys of BACKENDS; `auto` takes the first one that import
   * pil: PIL on the CPU, then one copy to `device`: the fallback that keeps the package working if torchvision
     drops its decoders and TorchCodec is not installed.
   * nvimgcodec: NVIDIA nvImageCodec (optional extra `nvimgcodec`, pinned 0.9.0.20; DALI 2.4 brings the same
-    version). Opt-in only (OPT_IN; last in the order, after pil, which always imports): issue 17 keeps it only if
-    it measures faster on a GPU than the others, and no session has run it on one. On the CPU it decodes with
+    version). Opt-in only (OPT_IN; last in the order, after pil, which always imports): `auto` takes it only once
+    it measures faster on a GPU than the others (docs/data-loaders.md). On the CPU it decodes with
     libjpeg-turbo: the same pixels as PIL's on the tests' JPEGs. It alone also decodes just a region of interest
     of each file: get_roi_decoder("nvimgcodec").
 Every backend raises RuntimeError when a file of the list cannot be decoded (callers retry files one by one).
@@ -181,7 +181,7 @@ def _load_nvimgcodec_roi(*, allow_broken_gpu_roi: bool) -> Callable:
 BACKENDS: dict[str, Callable[[], Callable]] = {
     "torchvision": _load_torchvision, "torchcodec": _load_torchcodec, "pil": _load_pil,
     "nvimgcodec": _load_nvimgcodec}  # last: opt-in (OPT_IN), see the module docstring
-OPT_IN = ("nvimgcodec",)  # never chosen by `auto`: unmeasured on a GPU (issue 17 keeps it only if faster)
+OPT_IN = ("nvimgcodec",)  # never chosen by `auto`: not shown faster than the others on a GPU (docs/data-loaders.md)
 ROI_BACKENDS: dict[str, Callable[..., Callable]] = {"nvimgcodec": _load_nvimgcodec_roi}
 
 

@@ -6,6 +6,7 @@ named .jpg would block a reader forever); and images PIL flags as decompression 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import stat
@@ -14,11 +15,14 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
+import torch
 from PIL import Image
 from torchvision import datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
+import pgt_train.data.cpu_crop as cpu_crop
 from pgt_train.data.torch_loader import REPLACEMENT_TRIES, CorruptSample, sample_rng, sample_seed
 from pgt_train.errors import UserError
 
@@ -48,21 +52,40 @@ class UnreadableImage(Exception):
     """A file that is not an image we can decode safely; the message says why."""
 
 
+def _check_regular(path: str) -> None:
+    mode = os.stat(path).st_mode  # follows symlinks: what open() would reach
+    if not stat.S_ISREG(mode):  # FIFO, socket, device: opening could block or have side effects
+        raise UnreadableImage("not a regular file")
+
+
+@contextlib.contextmanager
+def _unreadable_on_error():
+    """PIL raises many types on hostile files (OSError, SyntaxError, struct.error, ...): one type, with the why."""
+    try:
+        yield
+    except UnreadableImage:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise UnreadableImage(f"{type(e).__name__}: {e}") from None
+
+
 def read_rgb(path: str) -> Image.Image:
     """The file at `path` as an RGB PIL image (grayscale, CMYK, RGBA, palette converted), or UnreadableImage."""
-    try:
-        mode = os.stat(path).st_mode  # follows symlinks: what open() would reach
-        if not stat.S_ISREG(mode):  # FIFO, socket, device: opening could block or have side effects
-            raise UnreadableImage("not a regular file")
+    with _unreadable_on_error():
+        _check_regular(path)
         with warnings.catch_warnings():
             # Above Image.MAX_IMAGE_PIXELS PIL only warns; decoding would take minutes and gigabytes.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with open(path, "rb") as f:
                 return Image.open(f).convert("RGB")
-    except UnreadableImage:
-        raise
-    except Exception as e:  # PIL raises many types on hostile files (OSError, SyntaxError, struct.error, ...)
-        raise UnreadableImage(f"{type(e).__name__}: {e}") from None
+
+
+def read_bytes(path: str) -> bytes:
+    """The bytes of the regular file at `path`, or UnreadableImage."""
+    with _unreadable_on_error():
+        _check_regular(path)
+        with open(path, "rb") as f:
+            return f.read()
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -143,31 +166,45 @@ class SeededImageFolder(datasets.ImageFolder):
         index, epoch = key
         path, target = self.samples[index]
         try:
-            image = self.loader(path)
+            return self._load_transformed(path, target, epoch, index)
         except UnreadableImage as e:
             corrupt = CorruptSample(path, str(e))
-            if not self.replace_unreadable:
-                return corrupt
-            replacement = self._random_readable(sample_seed(self.seed, epoch, index))
-            if replacement is None:
-                return corrupt
-            return corrupt._replace(replacement=self._transformed(*replacement, epoch, index))
-        return self._transformed(image, target, epoch, index)
+        if not self.replace_unreadable:
+            return corrupt
+        replacement = self._random_readable(epoch, index)
+        return corrupt if replacement is None else corrupt._replace(replacement=replacement)
 
-    def _random_readable(self, seed: int):
-        """(image, target) of a readable sample drawn with `seed` (deterministic), or None."""
-        draw = random.Random(seed)
+    def _random_readable(self, epoch: int, index: int):
+        """(image, target) of a readable sample drawn with the seed of (epoch, index) (deterministic), cropped
+        with that sample's seed, or None."""
+        draw = random.Random(sample_seed(self.seed, epoch, index))
         for _ in range(REPLACEMENT_TRIES):
             path, target = self.samples[draw.randrange(len(self.samples))]
             try:
-                return self.loader(path), target
+                return self._load_transformed(path, target, epoch, index)
             except UnreadableImage:
                 continue  # counted when its own index comes up
         return None
 
-    def _transformed(self, image, target: int, epoch: int, index: int):
+    def _load_transformed(self, path: str, target: int, epoch: int, index: int):
+        """(image, target) of one file, transformed with the seed of (epoch, index); UnreadableImage."""
+        image = self.loader(path)
         with sample_rng(sample_seed(self.seed, epoch, index)):
             return self.transform(image), target
+
+
+class TensorCropFolder(SeededImageFolder):
+    """The training folder through cpu_crop.TrainCrop (bytes -> uint8 tensor crop, no PIL for plain JPEGs): the
+    same files, keys, seeds, crop boxes, flips and replacements as SeededImageFolder with train_transform."""
+
+    def __init__(self, root: Path, crop: cpu_crop.TrainCrop, seed: int):
+        super().__init__(root, transform=None, seed=seed)
+        self.crop = crop
+
+    def _load_transformed(self, path: str, target: int, epoch: int, index: int):
+        data = read_bytes(path)
+        generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
+        return self.crop(data, generator, fallback=lambda: np.array(read_rgb(path))), target
 
 
 def _class_folders(split_dir: Path) -> list[str]:
@@ -192,8 +229,12 @@ def _check_distinct(root: Path, splits: dict[str, list[str]]) -> None:
 
 def check_layout(root: Path, num_classes: int) -> list[str]:
     """The class list, or a UserError that says what is wrong with the folder and how to fix it."""
+    layout = f"expected {root}/train/<class>/*.jpg and {root}/val/..."
+    if root.exists() and not root.is_dir():
+        raise UserError(f"data.root: {root} is a file, not a folder; point data.root at the folder that holds "
+                        f"train/ and val/ ({layout})")
     if not root.is_dir():
-        raise UserError(f"data.root: folder not found: {root} (expected {root}/train/<class>/*.jpg and {root}/val/...)")
+        raise UserError(f"data.root: folder not found: {root} ({layout})")
     splits = {}
     for split in ("train", "val"):
         split_dir = root / split
@@ -209,6 +250,9 @@ def check_layout(root: Path, num_classes: int) -> list[str]:
         only_val = sorted(set(splits["val"]) - set(splits["train"]))[:3]
         raise UserError(f"data.root: train/ and val/ have different classes "
                         f"(only in train: {only_train}, only in val: {only_val})")
+    if len(splits["train"]) < 2:
+        raise UserError(f"data.root: {root}/train has one class folder ({splits['train'][0]}); classification needs "
+                        f"at least 2 class folders, one per class, in train/ and in val/")
     if len(splits["train"]) != num_classes:
         raise UserError(f"model.num_classes is {num_classes} but {root}/train has {len(splits['train'])} class "
                         f"folders; set model.num_classes={len(splits['train'])}")
@@ -281,13 +325,33 @@ def check_folder(root: Path, num_classes: int) -> None:
         check_readable(root / split, classes)
 
 
+TRAIN_PATHS = ("auto", "tensor", "pil")  # build_datasets(train_path=...): auto is tensor where simplejpeg imports
+
+
+def _train_folder(root: Path, *, img_size: int, crop_scale, crop_ratio, seed: int, train_crop: str,
+                  train_path: str) -> SeededImageFolder:
+    """tensor: cpu_crop's path (RandomResizedCrop only); pil: train_transform on PIL images, today's reference."""
+    if train_path not in TRAIN_PATHS:
+        raise ValueError(f"unknown train_path {train_path!r} (valid: {', '.join(TRAIN_PATHS)})")
+    if train_path == "auto":
+        train_path = "tensor" if cpu_crop.available() and train_crop == "random_resized" else "pil"
+    if train_path == "tensor":
+        if train_crop != "random_resized":
+            raise ValueError(f"train_path tensor crops random_resized only, not {train_crop!r}")
+        return TensorCropFolder(root, cpu_crop.TrainCrop(img_size, scale=crop_scale, ratio=crop_ratio), seed)
+    return SeededImageFolder(root, train_transform(img_size, crop_scale, crop_ratio, train_crop), seed)
+
+
 def build_datasets(root: str, *, num_classes: int, img_size: int, val_resize: int | None, crop_scale, crop_ratio,
-                   seed: int, val_interpolation: str = "bilinear",
-                   train_crop: str = "random_resized") -> tuple[SeededImageFolder, SeededImageFolder]:
+                   seed: int, val_interpolation: str = "bilinear", train_crop: str = "random_resized",
+                   train_path: str = "auto") -> tuple[SeededImageFolder, SeededImageFolder]:
+    """(train, val) folders. train_path: auto (tensor where simplejpeg imports, for random_resized), tensor
+    (cpu_crop.TrainCrop) or pil (train_transform: the reference the tests and scripts/bench_loader.py compare)."""
     root_path = Path(root).expanduser()
     check_layout(root_path, num_classes)
     try:
-        train = SeededImageFolder(root_path / "train", train_transform(img_size, crop_scale, crop_ratio, train_crop), seed)
+        train = _train_folder(root_path / "train", img_size=img_size, crop_scale=crop_scale, crop_ratio=crop_ratio,
+                              seed=seed, train_crop=train_crop, train_path=train_path)
         val = SeededImageFolder(root_path / "val", val_transform(img_size, val_resize, val_interpolation), seed)
     except FileNotFoundError as e:  # torchvision: a class folder without any image file
         raise UserError(f"data.root: {e}") from None

@@ -64,9 +64,9 @@ class EncodedBatch(NamedTuple):
     boxes: torch.Tensor  # int64 (E, 4)
     flips: torch.Tensor  # bool (E,)
     indices: torch.Tensor  # int64 (E,)
-    ready: torch.Tensor  # uint8 (R, 3, S, S): decoded and transformed in the worker (the torchvision path)
+    worker_images: torch.Tensor  # uint8 (R, 3, S, S): decoded and transformed in the worker (the torchvision path)
     encoded_at: torch.Tensor  # int64 (E,): each encoded sample's position in the batch (sampler order)
-    ready_at: torch.Tensor  # int64 (R,)
+    worker_images_at: torch.Tensor  # int64 (R,): their positions in the batch
     targets: torch.Tensor  # int64 (E + R,) in sampler order
     corrupt: list  # CorruptSample, dropped from the batch
 
@@ -153,7 +153,7 @@ class EncodedImageFolder(Dataset):
 
 
 def collate_encoded(samples: list) -> EncodedBatch:
-    """Splits a batch into encoded files (concatenated), ready images (stacked) and corrupt files.
+    """Splits a batch into encoded files (concatenated), images the worker decoded (stacked) and corrupt files.
 
     A CorruptSample's `replacement` (a readable image the torchvision path drew in its place, training
     only; torch_loader.CorruptSample) takes its place in the batch.
@@ -162,7 +162,7 @@ def collate_encoded(samples: list) -> EncodedBatch:
     kept = [getattr(s, "replacement", None) if isinstance(s, CorruptSample) else s for s in samples]
     kept = [s for s in kept if s is not None]
     encoded = [(i, s) for i, s in enumerate(kept) if isinstance(s, EncodedSample)]
-    ready = [(i, s) for i, s in enumerate(kept) if not isinstance(s, EncodedSample)]
+    decoded = [(i, s) for i, s in enumerate(kept) if not isinstance(s, EncodedSample)]
     files = [s for _, s in encoded]
     return EncodedBatch(
         data=torch.cat([s.data for s in files]) if files else torch.empty(0, dtype=torch.uint8),
@@ -170,9 +170,10 @@ def collate_encoded(samples: list) -> EncodedBatch:
         boxes=torch.tensor([s.box for s in files], dtype=torch.int64).view(-1, 4),
         flips=torch.tensor([s.flip for s in files], dtype=torch.bool),
         indices=torch.tensor([s.index for s in files], dtype=torch.int64),
-        ready=torch.stack([image for _, (image, _) in ready]) if ready else torch.empty(0, dtype=torch.uint8),
+        worker_images=(torch.stack([image for _, (image, _) in decoded]) if decoded
+                       else torch.empty(0, dtype=torch.uint8)),
         encoded_at=torch.tensor([i for i, _ in encoded], dtype=torch.int64),
-        ready_at=torch.tensor([i for i, _ in ready], dtype=torch.int64),
+        worker_images_at=torch.tensor([i for i, _ in decoded], dtype=torch.int64),
         targets=torch.tensor([s[1] for s in kept], dtype=torch.int64),  # (image, target) or EncodedSample
         corrupt=corrupt)
 
@@ -250,10 +251,10 @@ class BatchDecoder:
             crops = self.crop([decoded[k] for k in ok], batch.boxes[keep], batch.flips[keep])
             out[at.to(self.device, non_blocking=True)] = crops
             filled[at] = True
-        if len(batch.ready_at):  # decoded and cropped in a worker (the torchvision path): uint8
-            ready = batch.ready.to(self.device, non_blocking=True).float().sub_(self.mean).div_(self.std)
-            out[batch.ready_at.to(self.device, non_blocking=True)] = ready.to(self.dtype)
-            filled[batch.ready_at] = True
+        if len(batch.worker_images_at):  # decoded and cropped in a worker (the torchvision path): uint8
+            images = batch.worker_images.to(self.device, non_blocking=True).float().sub_(self.mean).div_(self.std)
+            out[batch.worker_images_at.to(self.device, non_blocking=True)] = images.to(self.dtype)
+            filled[batch.worker_images_at] = True
         return self._fill_failed(out, batch.targets, filled, batch.corrupt + corrupt, corrupt)
 
     def _fill_failed(self, out, targets, filled, all_corrupt, failed_here):
@@ -318,7 +319,7 @@ class DecodedBatches:
         return self._decoded(iter(self.loader))
 
     def _decoded(self, batches):
-        ready = None  # the batch decoded and handed over, yielded once the next one is queued
+        decoded_batch = None  # decoded and handed over, yielded once the next one is queued
         for batch in batches:
             with self.side.context():
                 images, targets, corrupt = self.decoder(batch)
@@ -329,12 +330,12 @@ class DecodedBatches:
                                     f"{corrupt[0].path}); remove the unreadable files")
                 self.pending_corrupt = corrupt  # validation: nothing to score here
                 continue
-            if ready is not None:
-                yield ready  # step k is queued while batch k+1 decodes on the side stream
+            if decoded_batch is not None:
+                yield decoded_batch  # step k is queued while batch k+1 decodes on the side stream
             self.side.hand_over(images)
-            ready = images, targets, corrupt
-        if ready is not None:
-            yield ready
+            decoded_batch = images, targets, corrupt
+        if decoded_batch is not None:
+            yield decoded_batch
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -366,6 +367,7 @@ class NvjpegLoader(TorchLoader):
 
 
 def build_encoded_datasets(root: str, **kwargs) -> tuple[EncodedImageFolder, EncodedImageFolder]:
-    """folder.build_datasets (same layout checks, file lists, class indices, transforms), wrapped."""
-    train, val = build_datasets(root, **kwargs)
+    """folder.build_datasets (same layout checks, file lists, class indices, transforms), wrapped. The PIL path's
+    folders: their v2 transforms are what this loader replays on the device."""
+    train, val = build_datasets(root, train_path="pil", **kwargs)
     return EncodedImageFolder(train, train=True), EncodedImageFolder(val, train=False)

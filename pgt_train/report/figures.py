@@ -15,8 +15,10 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
+from pgt_train import calibration
 from pgt_train.pgt import power_softmax
-from pgt_train.report.model import BASELINE_FREE, Group, Plot, Run, alpha_value, clip_text, identity_key
+from pgt_train.report.model import (IGNORED_AGAINST_BASELINES, Group, Plot, Run, alpha_value, clip_text,
+                                    identity_key)
 from pgt_train.report.stats import final, mean_std
 
 MAX_FILTER_RUNS = 4  # three layers each: at most 12 filter-norm files
@@ -28,7 +30,8 @@ COLOURS = matplotlib.colormaps["tab10"].colors + matplotlib.colormaps["Dark2"].c
 def draw_all(groups: list[Group], *, out: Path) -> list[Plot]:
     return [*plot_curves(groups, out=out), *plot_filter_norms(groups, out=out),
             *plot_loss_logit_vs_alpha(groups, out=out), *plot_accuracy_vs_alpha(groups, out=out),
-            *plot_transform_effect(out=out), *plot_zeroed(groups, out=out)]
+            *plot_transform_effect(out=out), *plot_zeroed(groups, out=out),
+            *plot_reliability(groups, out=out)]
 
 
 def colour(i: int):
@@ -126,7 +129,7 @@ def alpha_families(groups: list[Group]) -> list[list[Group]]:
     """α sweeps: groups equal in every defining setting but seed and α (the baseline, PGT off, joins each sweep of
     its settings, whatever pgt.impl the sweep used), for sweeps with at least two α values."""
     def key(g: Group) -> tuple:
-        return identity_key(g.settings, ignore=BASELINE_FREE)
+        return identity_key(g.settings, ignore=IGNORED_AGAINST_BASELINES)
 
     sweeps: dict[tuple, list[Group]] = {}
     for group in groups:
@@ -248,4 +251,40 @@ def plot_zeroed(groups: list[Group], *, out: Path) -> list[Plot]:
         return [Plot(file, caption, skipped="no run has zeroed_filters/zeroed_features in summary.csv "
                                             "(diagnostics off)")]
     zeroed_figure(groups, present).savefig(out / file, dpi=110)
+    return [Plot(file, caption)]
+
+
+def group_reliability(group: Group) -> dict:
+    """The bins of the group's reliability.npz files summed over seeds (name -> (3, N_BINS)); {} if a seed has none
+    or they are of different epochs."""
+    paths = [r.path / calibration.RELIABILITY_FILE for r in group.runs]
+    if not all(p.is_file() for p in paths):
+        return {}
+    files = [np.load(p) for p in paths]
+    if len({int(f["epoch"]) for f in files}) != 1:
+        return {}
+    return {name: sum(f[f"bins_{name}"] for f in files) for name in ("z", "alpha") if f"bins_{name}" in files[0]}
+
+
+def plot_reliability(groups: list[Group], *, out: Path) -> list[Plot]:
+    file, caption = "reliability.png", ("Reliability diagram of the last validation, seeds pooled: accuracy against "
+                                        "mean confidence per 15-bin confidence bin; solid softmax(z), dashed "
+                                        "softmax(α·z) of PGT runs; on the diagonal a model is calibrated.")
+    present = [(i, g, bins) for i, g in enumerate(groups) if (bins := group_reliability(g))]
+    if not present:
+        return [Plot(file, caption, skipped="no run folder has reliability.npz (runs from before calibration)")]
+    fig = Figure(figsize=(5.5, 5), layout="constrained")
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
+    for i, group, bins in present:
+        for name, style in (("z", "-"), ("alpha", "--")):
+            if name in bins:
+                count, conf, hits = bins[name]
+                used = count > 0
+                ax.plot(conf[used] / count[used], hits[used] / count[used], style, color=colour(i), marker=".",
+                        label=group.label + (" α·z" if name == "alpha" else ""))
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean confidence in bin", ylabel="accuracy in bin")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.savefig(out / file, dpi=110)
     return [Plot(file, caption)]

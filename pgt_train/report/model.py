@@ -11,9 +11,9 @@ from pgt_train import config
 # reports single runs; pgt.impl is a column, the same run in other arithmetic); a PGT group and its baseline.
 # pgt.authors_fp16 says which fp16 steps `authors` follows: part of the arithmetic, like pgt.impl.
 IMPL_KEYS = ("pgt.impl", "pgt.authors_fp16")
-SEED_FREE = ("seed",)
-ROW_FREE = ("seed", *IMPL_KEYS)
-BASELINE_FREE = ("seed", "pgt.alpha", *IMPL_KEYS)
+IGNORED_IN_SEED_GROUPS = ("seed",)
+IGNORED_AGAINST_PAPER_ROWS = ("seed", *IMPL_KEYS)
+IGNORED_AGAINST_BASELINES = ("seed", "pgt.alpha", *IMPL_KEYS)
 CLIP_NAMES = {"norm": "GC", "value": "value", "agc": "AGC"}  # the paper's names for norm clipping and AGC
 
 

@@ -9,7 +9,7 @@ import yaml
 
 from pgt_train import config
 from pgt_train.errors import UserError
-from pgt_train.report.model import ROW_FREE, Group
+from pgt_train.report.model import IGNORED_AGAINST_PAPER_ROWS, Group
 
 PAPER_RESULTS = Path(__file__).resolve().parents[1] / "reference" / "paper_results.yaml"
 
@@ -20,13 +20,14 @@ class PaperRow:
     table: int
     numbers: dict  # the row of paper_results.yaml: train, test (and gap, note)
     readings: dict  # reading name -> the row recipe's defining settings under that reading
+    alpha_disputed: str = ""  # the paper_results.yaml `disagreements` entry that disputes this row's α, if any
 
 
 @dataclass(frozen=True)
 class RowMatch:
     row: PaperRow
     reading: str
-    diffs: list = field(default_factory=list)  # (key, ours, the row's), ROW_FREE aside; empty: comparable
+    diffs: list = field(default_factory=list)  # (key, ours, the row's), ignored keys aside; empty: comparable
 
 
 def find_configs(given: Path | None) -> Path | None:
@@ -49,10 +50,17 @@ def reading_overlays(configs: Path) -> dict:
     return {name: path for name, path in found.items() if path.is_file()} or {"recipe": None}
 
 
+def alpha_disputes(paper: dict) -> dict:
+    """Row id -> "id: reading" of the disagreement (paper_results.yaml) over that row's α."""
+    return {row: f"{d['id']}: {d['reading']}" for d in paper.get("disagreements", []) if d["about"] == "alpha"
+            for row in d["rows"]}
+
+
 def load_paper_rows(configs: Path | None, *, table: int | None) -> list[PaperRow]:
     if configs is None:
         return []
     paper = yaml.safe_load(PAPER_RESULTS.read_text())
+    disputed = alpha_disputes(paper)
     index = yaml.safe_load((configs / "paper" / "index.yaml").read_text())
     overlays = reading_overlays(configs)
     rows = []
@@ -62,14 +70,17 @@ def load_paper_rows(configs: Path | None, *, table: int | None) -> list[PaperRow
             recipe = configs.parent / entry["recipe"]
             readings = {name: config.defining_settings(config.load(recipe, overlays=[path] if path else []))
                         for name, path in overlays.items()}
-            rows.append(PaperRow(f"T{n}#{entry['row']}", n, numbers[entry["row"]], readings))
+            row_id = f"T{n}#{entry['row']}"
+            rows.append(PaperRow(row_id, n, numbers[entry["row"]], readings, disputed.get(row_id, "")))
     return rows
 
 
 def match_row(group: Group, rows: list[PaperRow]) -> RowMatch | None:
-    """The first row (Tables 1, 2, 3 in turn) whose recipe the group equals on every defining setting but ROW_FREE,
-    under some reading; else the nearest row, with the differences; None without paper rows."""
-    candidates = [RowMatch(row, reading, config.diff_defining(group.settings, identity, ignore=ROW_FREE))
+    """The first row (Tables 1, 2, 3 in turn) whose recipe the group equals on every defining setting but
+    IGNORED_AGAINST_PAPER_ROWS, under some reading; else the nearest row, with the differences; None without paper
+    rows."""
+    candidates = [RowMatch(row, reading, config.diff_defining(group.settings, identity,
+                                                              ignore=IGNORED_AGAINST_PAPER_ROWS))
                   for row in rows for reading, identity in row.readings.items()]
     return min(candidates, key=lambda m: len(m.diffs), default=None)
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pgt_train import calibration
+
 from pgt_train.report.model import Group, clip_text, trained_epochs
 from pgt_train.report.paper import PaperRow, RowMatch, match_row
 from pgt_train.report.stats import difference, find_baseline, finals, mean_std, versus_paper
@@ -53,7 +55,8 @@ def format_diffs(diffs: list, *, shown: int = SHOWN_DIFFS) -> str:
 
 def paper_stats(group: Group, match: RowMatch | None) -> dict:
     """The paper row this group stands beside (only when comparable), or the nearest row and what differs."""
-    row = {"paper_row": None, "reading": None, "comparable": None, "nearest_row": None, "differs": None,
+    row = {"paper_row": None, "paper_alpha_disputed": None, "reading": None, "comparable": None,
+           "nearest_row": None, "differs": None,
            "paper_train": None, "paper_test": None, "paper_train_diff": None, "paper_train_diff_se": None,
            "paper_test_diff": None, "paper_test_diff_se": None, "unfinished": None}
     if match is None:
@@ -62,7 +65,7 @@ def paper_stats(group: Group, match: RowMatch | None) -> dict:
         return {**row, "comparable": "no", "nearest_row": match.row.id, "differs": format_diffs(match.diffs)}
     numbers = match.row.numbers
     row.update(paper_row=match.row.id, reading=match.reading, comparable="yes", paper_train=numbers["train"],
-               paper_test=numbers["test"])
+               paper_test=numbers["test"], paper_alpha_disputed=match.row.alpha_disputed or None)
     for name, column in (("train", "train_top1"), ("test", "val_top1")):
         row[f"paper_{name}_diff"], row[f"paper_{name}_diff_se"] = versus_paper(finals(group, column), numbers[name])
     trained, scheduled = min(trained_epochs(r) for r in group.runs), group.settings["sched.epochs"]
@@ -71,12 +74,17 @@ def paper_stats(group: Group, match: RowMatch | None) -> dict:
     return row
 
 
+def calibration_stats(group: Group) -> dict:
+    """Final-epoch mean over seeds of the NLL (val_loss) and every calibration column; NaN where a run has none."""
+    return {name: float(np.mean(finals(group, name))) for name in ("val_loss", *calibration.COLUMNS)}
+
+
 def table_rows(groups: list[Group], *, rows: list[PaperRow], table: int | None) -> list[dict]:
     """One dict per group: the groups comparable with a paper row first when --table (in the paper's row order)."""
     out = []
     for group in groups:
         out.append({**describe_group(group), **accuracy_stats(group, find_baseline(group, groups)),
-                    **paper_stats(group, match_row(group, rows))})
+                    **paper_stats(group, match_row(group, rows)), **calibration_stats(group)})
     if table:
         order = {row.id: i for i, row in enumerate(rows)}
         out.sort(key=lambda r: (r["comparable"] != "yes", order.get(r["paper_row"], 0)))

@@ -12,7 +12,7 @@ import numpy as np
 
 from pgt_train import config
 from pgt_train.errors import UserError
-from pgt_train.report.model import SEED_FREE, Group, Run, identity_key, trained_epochs
+from pgt_train.report.model import IGNORED_IN_SEED_GROUPS, Group, Run, identity_key, trained_epochs
 from pgt_train.writers import SUMMARY_COLUMNS, read_summary
 
 REQUIRED_COLUMNS = ("epoch", "train_top1", "val_top1")
@@ -27,9 +27,15 @@ def number(text: str | None, *, where: str) -> float:
         raise UserError(f"{where}: not a number: {text!r}") from None
 
 
-def read_config(path: Path) -> dict:
-    """A run's config.yaml through the recipe loader: a tampered one (aliases, deep nesting, a FIFO) is one line."""
-    return config.read_yaml(path)  # ConfigError is a UserError
+def read_settings(path: Path) -> dict:
+    """A run's config.yaml as strictly as pgt-train reads a recipe (the hostile-YAML defences, known keys, types,
+    choices and ranges), as config.flat_settings: a key an older version did not write gets today's default.
+    Bad: UserError naming the file and the key, so the folder is no result."""
+    try:
+        return config.flat_settings(config.from_dict(config.read_yaml(path)))
+    except config.ConfigError as e:
+        where = "" if str(e).startswith(str(path)) else f"{path}: "  # YAML errors name the file and line already
+        raise UserError(f"{where}{e}; not a config.yaml pgt-train writes, so no result") from None
 
 
 def load_run(path: Path) -> Run:
@@ -40,7 +46,7 @@ def load_run(path: Path) -> Run:
         raise UserError(f"{path}: no config.yaml, so not a pgt-train run folder")
     if not summary_path.is_file():
         raise UserError(f"{path}: no summary.csv (has the run finished an epoch?)")
-    tree = read_config(config_path)
+    settings = read_settings(config_path)
     try:
         rows = read_summary(summary_path)
     except (csv.Error, UnicodeDecodeError) as e:  # e.g. NUL bytes before Python 3.11, or not text at all
@@ -53,7 +59,7 @@ def load_run(path: Path) -> Run:
         raise UserError(f"{summary_path}: missing column(s) {', '.join(missing)}")
     names = list(dict.fromkeys([*SUMMARY_COLUMNS, *fieldnames]))
     columns, notes = read_columns(rows, names, path=summary_path)
-    return Run(path=path, settings=config.flat_settings(tree), columns=columns,
+    return Run(path=path, settings=settings, columns=columns,
                notes=(*notes, *check_epochs(columns, path=summary_path)))
 
 
@@ -180,7 +186,7 @@ def group_runs(runs: list[Run]) -> list[Group]:
     """Runs equal in every defining setting but the seed form one group, in the paper's order."""
     by_key: dict[tuple, list[Run]] = {}
     for run in runs:
-        by_key.setdefault(identity_key(run.settings, ignore=SEED_FREE), []).append(run)
+        by_key.setdefault(identity_key(run.settings, ignore=IGNORED_IN_SEED_GROUPS), []).append(run)
     # Labels are paths relative to the folder that holds all runs: short and unique.
     root = os.path.commonpath([str(r.path.resolve().parent) for r in runs])
     groups = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from pgt_train.report.model import BASELINE_FREE, Group, Run, identity_key
+from pgt_train.report.model import IGNORED_AGAINST_BASELINES, Group, Run, identity_key
 
 
 def is_baseline(group: Group) -> bool:
@@ -16,8 +16,9 @@ def find_baseline(group: Group, groups: list[Group]) -> Group | None:
     """The group with PGT off (α off before α = 1) equal to `group` in every defining setting but α and impl."""
     if is_baseline(group):
         return None
-    key = identity_key(group.settings, ignore=BASELINE_FREE)
-    candidates = [g for g in groups if is_baseline(g) and identity_key(g.settings, ignore=BASELINE_FREE) == key]
+    def key(g: Group) -> tuple:
+        return identity_key(g.settings, ignore=IGNORED_AGAINST_BASELINES)
+    candidates = [g for g in groups if is_baseline(g) and key(g) == key(group)]
     return min(candidates, key=lambda g: g.settings["pgt.alpha"] is not None, default=None)
 
 

@@ -32,10 +32,16 @@ def paper_number(value) -> str:
     return "—" if value is None else f"{value:.3f}".rstrip("0").rstrip(".")  # as printed: 79.68, 77.216
 
 
+def fmt_seeds(value, std, seeds: int) -> str:
+    """The seed band: ± the std over seeds, or "one seed" where there is no spread to give."""
+    return fmt(value, std=std) + (" (one seed)" if seeds == 1 and not absent(value) else "")
+
+
 def paper_cell(r: dict) -> str:
     if r["comparable"] == "no":
         return "not comparable"
-    return r["paper_row"] + ("*" if r["unfinished"] else "") if r["paper_row"] else "—"
+    flags = ("*" if r["unfinished"] else "") + (" †" if r["paper_alpha_disputed"] else "")
+    return r["paper_row"] + flags if r["paper_row"] else "—"
 
 
 def table_cells(r: dict) -> list[str]:
@@ -45,7 +51,8 @@ def table_cells(r: dict) -> list[str]:
             "—" if r["alpha"] is None else f"{r['alpha']:g}", r["impl"] or "—", f"{r['lr']:g}",
             f"{r['label_smoothing']:g}", r["clip"] or "—", str(r["batch"]), epochs,
             str(r["seeds"]) + (f" (+{duplicates} dup.)" if duplicates else ""),
-            fmt(r["train_top1"], std=r["train_top1_std"]), fmt(r["test_top1"], std=r["test_top1_std"]),
+            fmt_seeds(r["train_top1"], r["train_top1_std"], r["seeds"]),
+            fmt_seeds(r["test_top1"], r["test_top1_std"], r["seeds"]),
             fmt(r["best_test_top1"], std=r["best_test_top1_std"]), fmt_delta(r["train_diff"], r["train_diff_se"]),
             fmt_delta(r["test_diff"], r["test_diff_se"]), fmt(r["gap"], std=r["gap_std"]), paper_cell(r),
             paper_number(r["paper_train"]), paper_number(r["paper_test"]),
@@ -80,6 +87,42 @@ EXPLANATION = (
     "(pgt_train/config.py, NOT_DEFINING, lists the settings that do not define a run); Reading: the overlay of "
     "configs/reading/ under which it is equal. Δ vs paper: ours − paper, ± our standard error s/√n (the paper "
     "reports one run per row and no spread).")
+
+
+def source_lines(rows: list[dict], table: int | None) -> list[str]:
+    """Under the table: where the paper's numbers come from, and each row whose α the paper's sources dispute."""
+    tables = f"Table {table}" if table else "Tables 1-3"
+    lines = [f"Paper numbers: the paper's {tables} (Das et al., \"Altering Backward Pass Gradients improves "
+             "Convergence\"), as transcribed in pgt_train/reference/paper_results.yaml; where its abstract, text, "
+             "figures and the authors' README disagree: docs/fidelity.md#where-the-papers-own-sources-disagree."]
+    disputed = {r["paper_row"]: r["paper_alpha_disputed"] for r in rows if r["paper_alpha_disputed"]}
+    lines += [f"† {row}: the paper's sources disagree on this row's α ({why})." for row, why in disputed.items()]
+    return ["", *lines]
+
+
+CALIBRATION_HEADER = ["Run", "α", "n", "NLL", "ECE", "Brier", "Mean conf.", "NLL α·z", "ECE α·z", "Brier α·z",
+                      "Mean conf. α·z", "T*", "NLL at T*", "ECE at T*"]
+CALIBRATION_NOTE = (
+    "Calibration of the final epoch on the validation set, mean over seeds: of the deployed softmax(z) and, for "
+    "PGT runs, of softmax(α·z), the distribution PGT trains towards the targets. NLL = val cross-entropy; ECE over "
+    "15 equal-width confidence bins; Brier summed over classes (0-2); Mean conf. = mean max-probability. T*: the "
+    "temperature minimising the NLL of softmax(z / T) on one fixed half of val (grid 2^(k/16), 1/16-64); NLL and "
+    "ECE at T* are measured on the other half only (pgt_train/calibration.py).")
+
+
+def calibration_lines(rows: list[dict]) -> list[str]:
+    shown = [r for r in rows if not absent(r.get("val_ece"))]
+    if not shown:
+        return []
+    lines = ["", "## Calibration", "", "| " + " | ".join(CALIBRATION_HEADER) + " |",
+             "|" + "---|" * len(CALIBRATION_HEADER)]
+    for r in shown:
+        values = [fmt(r[k], digits=3) for k in ("val_loss", "val_ece", "val_brier", "val_conf_mean", "val_nll_alpha",
+                                                "val_ece_alpha", "val_brier_alpha", "val_conf_mean_alpha",
+                                                "val_temp_fit", "val_nll_tscaled", "val_ece_tscaled")]
+        alpha = "—" if r["alpha"] is None else f"{r['alpha']:g}"
+        lines.append("| " + " | ".join([r["group"], alpha, str(r["seeds"]), *values]) + " |")
+    return [*lines, "", CALIBRATION_NOTE]
 
 
 def notes(rows: list[dict], groups: list[Group], *, paper_rows: bool) -> list[str]:
@@ -130,9 +173,10 @@ def format_report(rows: list[dict], *, plots: list[Plot], plots_note: str, table
     shown = [r for r in rows if r["comparable"] == "yes"] if table else rows
     lines = ["# PGT report", "", f"{n_runs} runs in {len(groups)} groups (runs equal in every defining setting but "
              "the seed). Accuracies are top-1 in %; test = the validation set; mean ± sample std over the distinct "
-             "seeds where n > 1.", "", f"## {title}", "", format_table(shown), "", EXPLANATION,
-             *notes(rows, groups, paper_rows=paper_rows), *figure_lines(plots, plots_note),
+             "seeds where n > 1.", "", f"## {title}", "", format_table(shown),
+             *(source_lines(shown, table) if paper_rows else []), "", EXPLANATION,
+             *calibration_lines(rows), *notes(rows, groups, paper_rows=paper_rows), *figure_lines(plots, plots_note),
              "## Run folders", "", *[f"- {g.label}: {', '.join(str(r.path) for r in g.runs)}" for g in groups]]
     if skipped_runs:
-        lines += ["", "Skipped folders:", "", *[f"- {s}" for s in skipped_runs]]
+        lines += ["", "### Run folders not reported (no result)", "", *[f"- {s}" for s in skipped_runs]]
     return "\n".join(lines) + "\n"
