@@ -14,7 +14,8 @@ import torch.nn as nn
 import yaml
 from timm.utils import dispatch_clip_grad
 
-from pgt_train import config, engine, models, optim, twin
+from pgt_train import config, engine, models, optim
+from pgt_train.config import twin
 from pgt_train.pgt import build_pgt_loss
 from pgt_train.writers import read_summary
 from tests.helpers import finish, start_torchrun, tiny_run_args

@@ -7,7 +7,7 @@ momentum buffer are α times PGT's, and LR / α makes every step equal. The sche
 (warmup from warmup_lr, the cosine down to min_lr, the step schedule's gamma factors), so each of them is scaled.
 Clipping sees the gradient before weight decay, α times PGT's, so its threshold is scaled by α too.
 
-derive() works on the config as a dict tree and is idempotent: the PGT-side values are kept in pgt.twin_of, and a
+derive() works on the validated config as a dict tree (config.load calls it) and is idempotent: the PGT-side values are kept in pgt.twin_of, and a
 tree that already holds them (a run folder's config.yaml read back as a recipe, or by a resume) is checked, not
 scaled again. Where the twin's steps are not PGT's to round-off, it refuses (docs/fidelity.md says why for each).
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 
-from pgt_train.config import ConfigError
+from pgt_train.config.errors import ConfigError
 
 # dotted key -> (the pgt.twin_of field that keeps its PGT-side value, power of α the twin multiplies it by).
 # Every LR-like key of optim and sched must be here: tests/test_twin.py fails on one that is not.
