@@ -33,7 +33,8 @@ class Arm:
 
 def _values(settings: dict, alpha: float, inverse: bool) -> list[str]:
     """key=value for every step key at the twin's value (or its inverse: the value whose twin is the row's)."""
-    return [f"{key}={scaled(settings[key], alpha, -power if inverse else power)!r}" for key, power in STEP_KEYS.items()]
+    return [f"{key}={scaled(settings[key], alpha, -power if inverse else power):.12g}"  # 0.02, not 0.020000000000000004
+            for key, power in STEP_KEYS.items()]
 
 
 def arms(settings: dict) -> list[Arm]:

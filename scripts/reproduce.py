@@ -310,7 +310,8 @@ def plan_with_arms(args, label: str, recipe: str, overrides: list[str], before: 
             plan.append((f"{label} ({arm}) {ablation.ARM_NAMES[arm]}",
                          *plan_row(args, recipe, overrides, before, defining, arm)))
         except config.ConfigError as e:
-            print(f"reproduce: {label} ({arm}) {ablation.ARM_NAMES[arm]}: left out: {e}", flush=True)
+            why = str(e).split(" [from ")[0]  # the setting and the reason; the recipe is the row's, printed above
+            print(f"reproduce: {label} ({arm}) {ablation.ARM_NAMES[arm]}: left out: {why}", flush=True)
     return plan
 
 

@@ -89,24 +89,26 @@ def reproduce(*args):
 
 @pytest.mark.slow
 def test_reproduce_puts_the_arms_beside_every_pgt_row():
-    r = reproduce("--table", "1", "--ablation", "temperature", "--rows", "13,14,15,16,17", "data.workers=1")
+    r = reproduce("--table", "1", "--ablation", "temperature", "--rows", "12,13,14,15", "data.workers=1")
     assert r.returncode == 0, r.stderr
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("[")]
-    # Table 1's 14 rows, 7 of them PGT: each with (b), (c), (d) after it
-    assert lines[0].startswith("[13/35] row=7 ") and "(b) twin" in lines[1] and "(d) step size" in lines[3]
-    assert lines[1].split()[-1].endswith("resnet50_step_pgt0.05-twin")
-    assert lines[3].split()[-1].endswith("resnet50_step_pgt0.05-stepsize") and "/nopgt/" in lines[3]
-    commands = r.stdout.split("\n    ")
-    assert "data.workers=1" in commands[-1]  # trailing overrides reach the arms
+    # Table 1's 14 rows, 7 of them PGT, each followed by its (b), (c), (d): 35 runs; T1#6 is the 12th
+    assert lines[0].startswith("[12/35] row=6: ") and "(b) twin" in lines[1] and "(d) step size" in lines[3]
+    assert lines[1].split()[-1].endswith("/paper/exact/table1/resnet50_step_pgt0.05-twin")
+    assert lines[3].split()[-1].endswith("/paper/nopgt/table1/resnet50_step_pgt0.05-stepsize")
+    commands = r.stdout.split("\n    ")[1:]
+    assert all("data.workers=1" in c for c in commands)  # trailing overrides reach the arms
+    assert "pgt.alpha=null optim.lr=8 " in commands[3]  # (d): 0.4 / 0.05
 
 
 @pytest.mark.slow
 def test_reproduce_without_twin_under_the_authors_arithmetic():
     r = reproduce("--table", "1", "--ablation", "temperature", "--reading", "code", "--impl", "authors",
-                  "--rows", "3,4,5,6")
+                  "--rows", "2,3,4")
     assert r.returncode == 0, r.stderr
-    left_out = [ln for ln in r.stdout.splitlines() if "left out" in ln]
-    assert len(left_out) == 7 and all("(b) twin" in ln and "impl" in ln for ln in left_out)
+    left_out = [ln for ln in r.stdout.splitlines() if "left out" in ln]  # one line per PGT row of Table 1
+    assert len(left_out) == 7 and all("(b) twin" in ln and "pgt.impl exact only" in ln for ln in left_out)
+    assert "[2/28] row=2: " in r.stdout and "[4/28] row=2 (d) step size" in r.stdout
     assert "pgt.impl=exact" in r.stdout.split("(c) temperature alone", 1)[1].split("\n[", 1)[0]
 
 
@@ -114,4 +116,4 @@ def test_reproduce_without_twin_under_the_authors_arithmetic():
 def test_reproduce_ablation_submits_one_array_with_slurm():
     r = reproduce("--table", "3", "--ablation", "temperature", "--launcher", "slurm", "--gpus", "4")
     assert r.returncode == 0, r.stderr
-    assert "would submit: sbatch --parsable --array=0-19%4" in r.stdout  # 8 rows + 4 PGT rows x 3 arms
+    assert "would submit: sbatch --parsable --array=0-22%4" in r.stdout  # 8 rows + 5 PGT rows x 3 arms
