@@ -220,7 +220,7 @@ def assert_same_weights(a_dir, b_dir) -> None:
     summary_a, summary_b = read_summary(a_dir / "summary.csv"), read_summary(b_dir / "summary.csv")
     for ra, rb in zip(summary_a, summary_b, strict=True):
         assert float(ra["val_loss"]) == pytest.approx(float(rb["val_loss"]), rel=1e-9)  # both measure CE on z
-        assert float(rb["lr"]) == pytest.approx(float(ra["lr"]) / ALPHA, rel=1e-12)
+        assert float(rb["lr"]) == pytest.approx(float(ra["lr"]) / ALPHA, rel=1e-5)  # summary.csv keeps 6 digits
 
 
 @pytest.mark.slow
