@@ -166,6 +166,31 @@ def train_step(model: torch.nn.Module, batches: Iterator, *, loss_fn: Callable, 
     optimizer.zero_grad(set_to_none=True)
 
 
+# The per-image quantities evaluate() sums, in column order; a new validation metric is one more column here,
+# in eval_columns, and its formula in eval_metrics.
+EVAL_COLUMNS = ("ce", "top1_hit", "top5_hit", "images", "logit_norm", "logit_sum", "logit_sq_sum", "logit_entries")
+
+
+def eval_columns(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(B, C) float64 logits, (B,) targets (no padding) -> (B, len(EVAL_COLUMNS)) per-image quantities."""
+    hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == targets[:, None]  # (B, k)
+    ones = torch.ones_like(logits[:, 0])
+    return torch.stack([
+        F.cross_entropy(logits, targets, reduction="none"), hits[:, 0].double(), hits.any(1).double(), ones,
+        logits.norm(dim=1), logits.sum(1), logits.square().sum(1), ones * logits.shape[1]], dim=1)
+
+
+def eval_metrics(sums: dict, logit_max: float) -> dict:
+    """The summary's val_* and logit_* columns from the EVAL_COLUMNS sums over every val image."""
+    n, entries = max(sums["images"], 1), max(sums["logit_entries"], 1)
+    mean = sums["logit_sum"] / entries
+    return {
+        "val_loss": sums["ce"] / n, "val_top1": 100 * sums["top1_hit"] / n, "val_top5": 100 * sums["top5_hit"] / n,
+        "val_images": int(sums["images"]), "logit_norm": sums["logit_norm"] / n, "logit_mean": mean,
+        "logit_max": logit_max, "logit_var": sums["logit_sq_sum"] / entries - mean * mean,
+    }
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: Iterable, *, device: torch.device,
              amp_dtype: Optional[torch.dtype] = None, alpha: Optional[float] = None) -> dict:
@@ -176,8 +201,7 @@ def evaluate(model: torch.nn.Module, loader: Iterable, *, device: torch.device,
     (calibration.finish) for the reliability diagram.
     """
     model.eval()
-    # [sum CE, top-1 hits, top-5 hits, images, sum of per-image logit L2 norms, sum z, sum z^2, entries]
-    sums = torch.zeros(8, device=device, dtype=torch.float64)
+    sums = torch.zeros(len(EVAL_COLUMNS), device=device, dtype=torch.float64)
     calib = torch.zeros(calibration.sums_size(alpha), device=device, dtype=torch.float64)
     logit_max = torch.full((1,), -float("inf"), device=device, dtype=torch.float64)
     for images, targets in loader:
@@ -185,25 +209,15 @@ def evaluate(model: torch.nn.Module, loader: Iterable, *, device: torch.device,
             logits = model(images).double()  # (B, C)
         keep = (targets >= 0).double()  # (B,): masks padding by weight, not by indexing (no host sync)
         targets = targets.clamp_min(0)
-        hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == targets[:, None]  # (B, k)
-        per_image = torch.stack([
-            F.cross_entropy(logits, targets, reduction="none"), hits[:, 0].double(), hits.any(1).double(),
-            torch.ones_like(keep), logits.norm(dim=1), logits.sum(1), logits.square().sum(1),
-            torch.full_like(keep, logits.shape[1])], dim=1)  # (B, 8)
-        sums += (per_image * keep[:, None]).sum(0)
+        sums += (eval_columns(logits, targets) * keep[:, None]).sum(0)
         calib += calibration.batch_sums(logits, targets, keep, calibration.fit_half(images), alpha)
         logit_max = torch.maximum(logit_max, torch.where(keep[:, None] > 0, logits, -float("inf")).max().view(1))
     reduced = all_reduce_sum(torch.cat([sums, calib]))  # one collective for every sum
-    ce, top1, top5, n, norm_sum, z_sum, z2_sum, entries = reduced[:8].tolist()
-    if n == 0:  # the same verdict on every rank (summed); a top-1 of 0 would be logged, saved as best and reported
+    totals = dict(zip(EVAL_COLUMNS, reduced[:len(EVAL_COLUMNS)].tolist()))
+    if totals["images"] == 0:  # the same verdict on every rank (summed); a top-1 of 0 would be saved as best
         raise UserError("validation scored no image: every val image was unreadable or skipped (see the warnings "
                         "above), so this epoch has no result; fix or replace data.root/val (nothing of this epoch "
                         "was saved)")
-    n_safe, e_safe = max(n, 1), max(entries, 1)
-    mean = z_sum / e_safe
-    calibration_metrics, reliability = calibration.finish(reduced[8:], alpha)
+    calibration_metrics, reliability = calibration.finish(reduced[len(EVAL_COLUMNS):], alpha)
     return {**calibration_metrics, "reliability": reliability,
-        "val_loss": ce / n_safe, "val_top1": 100 * top1 / n_safe, "val_top5": 100 * top5 / n_safe,
-        "val_images": int(n), "logit_norm": norm_sum / n_safe, "logit_mean": mean,
-        "logit_max": all_reduce_max(logit_max).item(), "logit_var": z2_sum / e_safe - mean * mean,
-    }
+            **eval_metrics(totals, all_reduce_max(logit_max).item())}

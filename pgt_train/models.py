@@ -12,11 +12,8 @@ from pgt_train.config import ConfigError
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
-# Validation resize of the paper's models in the authors' timm 0.4.12 fork (timm/models/resnet.py): _cfg (:25-31)
-# gives crop_pct 0.875 and bilinear; resnet50 (:65-67), resnet101 (:74), seresnet18 (:150-152) and seresnet50
-# (:156-158) override it to bicubic; resnet18 (:46) and the non-BN resnet18_wobn (:47) keep bilinear. Their
-# train.py:124-125 resolves it from the model (--interpolation and --crop-pct unset, parser.py:34,40) and
-# validates through it (train.py:269-282). Today's timm changed these defaults (resnet18/50: bicubic, 0.95).
+# Validation resize of the paper's models as the authors' timm fork resolves it (where each value comes from:
+# docs/fidelity.md, data.val_interpolation); today's timm has other defaults.
 AUTHORS_VAL_CFG = {"resnet18": ("bilinear", 0.875), "resnet50": ("bicubic", 0.875), "resnet101": ("bicubic", 0.875),
                    "seresnet18": ("bicubic", 0.875), "seresnet50": ("bicubic", 0.875)}
 
@@ -26,7 +23,7 @@ def model_val_cfg(name: str) -> tuple[str, float]:
 
     The paper's models: the authors' fork (AUTHORS_VAL_CFG). Any other timm model: the default pretrained_cfg
     timm's registry holds for it (read without weights: nothing downloads), bicubic / 0.875 where it names
-    none, as the fork's resolve_data_config (timm/data/config.py:36,67) falls back.
+    none, as timm's resolve_data_config falls back.
     """
     if name in AUTHORS_VAL_CFG:
         return AUTHORS_VAL_CFG[name]
@@ -38,7 +35,7 @@ def model_val_cfg(name: str) -> tuple[str, float]:
 
 class CifarBasicBlock(nn.Module):
     """3x3-3x3 residual block; the shortcut of a downsampling block is option A of He et al. (2016): stride-2
-    subsampling and zero channels, no parameters. As the authors' fork, timm/models/resnet.py:292-330."""
+    subsampling and zero channels, no parameters, as in the authors' fork (docs/fidelity.md)."""
 
     def __init__(self, in_planes: int, planes: int, stride: int, norm: type[nn.Module]):
         super().__init__()
@@ -58,7 +55,7 @@ class CifarBasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """He et al.'s CIFAR ResNet-(6n+2): a 16-channel stem, three stages of n blocks at 16/32/64 channels and
     32/16/8 px, global average pool, linear head; Kaiming-normal conv and linear weights. ResNet-20 is n = 3,
-    as the authors' fork (timm/models/resnet.py:573-611, resnet20 at :903). Input (N, 3, 32, 32)."""
+    as in the authors' fork (docs/fidelity.md). Input (N, 3, 32, 32)."""
 
     def __init__(self, blocks_per_stage: int, num_classes: int = 10, norm_layer: type[nn.Module] = nn.BatchNorm2d):
         super().__init__()

@@ -248,3 +248,19 @@ def test_adding_a_key_is_one_field(tmp_path):
     done = subprocess.run([sys.executable, "-c", ADDING_A_KEY], cwd=tmp_path, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_derive_sees_the_whole_checked_tree_once_per_load_and_its_result_is_checked(monkeypatch):
+    from pgt_train.config import compose
+    seen = []
+
+    def derive(tree):
+        seen.append(tree)
+        return {**tree, "optim": {**tree["optim"], "lr": tree["optim"]["lr"] / 2}}
+    monkeypatch.setattr(compose, "derive", derive)
+    assert config.load(None, SYNTH + ["optim.lr=0.5"]).optim.lr == 0.25
+    assert len(seen) == 1 and seen[0] == config.to_dict(config.from_dict({"data": {"loader": "synthetic"},
+                                                                          "optim": {"lr": 0.5}}))
+    monkeypatch.setattr(compose, "derive", lambda tree: {**tree, "optim": {**tree["optim"], "lr": -1.0}})
+    with pytest.raises(ConfigError, match=r"optim.lr: must lie in \(0, 1e30\], got -1.0"):
+        config.load(None, SYNTH)

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from pgt_train.config.errors import ConfigError
 from pgt_train.config.safe_yaml import new_budget, parse_override_value, read_yaml
-from pgt_train.config.schema import Config
+from pgt_train.config.schema import Config, to_dict
 from pgt_train.config.validate import from_dict
 
 READINGS = ("paper", "code")  # configs/reading/<name>.yaml: the paper's words, the authors' code
@@ -68,12 +68,14 @@ def apply_override(tree: dict, item: str) -> dict:
     return merge(tree, nested)
 
 
-def derive(cfg: Config) -> Config:
-    """The one place where settings derived from other settings are filled into a validated Config, e.g. the LR
-    and weight decay that pgt.form temperature implies. Today nothing is derived. It runs once per `load`, never in
-    `from_dict` (a saved config.yaml is already derived and is read back with from_dict), and what it derives lands
-    in the run's config.yaml and identity; it raises ConfigError for a combination it cannot derive."""
-    return cfg
+def derive(tree: dict) -> dict:
+    """The one place where settings computed from other settings are filled in, e.g. the LRs and weight decay that
+    pgt.form temperature implies. `tree` is a validated Config as a full dict (config.to_dict); the tree returned
+    is validated again. It runs once per `load`, never in `from_dict`, so a saved config.yaml read back with
+    from_dict is not derived twice; read back as a recipe (`--config run/config.yaml`) it is, so a derivation must
+    recognise values it derived before. It raises ConfigError for a combination it cannot derive. Today nothing
+    is derived."""
+    return tree
 
 
 def _where(path, overrides, overlays) -> str:
@@ -98,6 +100,7 @@ def load(path: str | Path | None, overrides: list[str] = (), overlays: list[str 
     for item in overrides:
         tree = apply_override(tree, item)
     try:
-        return derive(from_dict(tree))
+        checked = to_dict(from_dict(tree))  # derive sees every key, defaults included, already validated
+        return from_dict(derive(checked))
     except ConfigError as e:
         raise ConfigError(f"{e}{_where(path, overrides, overlays)}") from None
