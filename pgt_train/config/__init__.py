@@ -12,7 +12,8 @@ that names the key (and the nearest valid one) or the file and line.
     validate.py   dict -> Config: strict keys, types, choices, ranges, rules across keys
     identity.py   what makes a run (defining settings), for resume and reports
 """
-from pgt_train.config.compose import READINGS, READINGS_DIR, apply_override, derive, load, load_tree, merge, reading_path
+from pgt_train.config.compose import (READINGS, READINGS_DIR, apply_override, derive, load, load_tree, merge,
+                                      reading_path)
 from pgt_train.config.errors import ConfigError
 from pgt_train.config.fields import Key, number_type, in_range, keys, param, parse_range, section
 from pgt_train.config.identity import canonical, defining_settings, diff_defining, flat_settings, flatten, is_defining

@@ -55,8 +55,8 @@ class DataConfig:
     # The same global batch per optimizer step; like the GPU count (which no config records) it changes only how
     # many images each BatchNorm sees at once, so it does not define the run.
     accum_steps: int = param(1, range="[1, 1024]", defining=False, doc="micro-batches per optimizer step")
-    workers: int | Literal["auto"] = param(8, range="[0, 256]", defining=False,
-                                           doc="loader worker processes per rank; auto: the rank's CPU cores")
+    workers: int | Literal["auto"] = param("auto", range="[0, 256]", defining=False,
+                                           doc="loader processes per rank; auto: this rank's share of its cores")
     img_size: int = param(224, range="[8, 4096]", doc="train crop and val crop side")
     # and >= data.img_size: the center crop must fit inside the resized image (validate.py)
     val_resize: Optional[int] = param(None, range="[8, 8192]", doc="val resize; None: img_size * 256 / 224")

@@ -122,8 +122,9 @@ def _validate_sched(s: SchedConfig) -> None:
     if s.warmup_epochs >= s.epochs:
         _fail("sched.warmup_epochs", f"{s.warmup_epochs} must be below sched.epochs ({s.epochs})")
     if s.name == "cosine" and s.warmup_epochs + s.cooldown_epochs >= s.epochs:
-        _fail("sched.cooldown_epochs", f"warmup ({s.warmup_epochs}) + cooldown ({s.cooldown_epochs}) leave no cosine "
-                                       f"epochs in sched.epochs ({s.epochs}); the cooldown is counted inside sched.epochs")
+        _fail("sched.cooldown_epochs", f"warmup ({s.warmup_epochs}) + cooldown ({s.cooldown_epochs}) leave no "
+                                       f"cosine epochs in sched.epochs ({s.epochs}); the cooldown is counted inside "
+                                       f"sched.epochs")
     if list(s.milestones) != sorted(set(s.milestones)):
         _fail("sched.milestones", f"must be increasing positive epochs, got {list(s.milestones)}")
 
