@@ -1,11 +1,14 @@
 """One writer per run folder: an exclusive POSIX lock (fcntl.lockf) on <run.dir>/.pgt-train.lock, held while a
 process writes there.
 
-    with RunLock(run_dir):          # a second writer: UserError naming the holder's PID, nothing written
-        ...train...
+    with RunLock(run_dir) as lock:  # a second writer: UserError naming the holder's PID, nothing written
+        ...train...; lock.verify()  # at each log interval and before each checkpoint or summary write
 
-The kernel drops the lock when its holder dies (SIGKILL included), so a lock is never stale and the lock file
-itself is never removed while a run folder exists (removing it would let two processes lock two inodes).
+The kernel drops the lock when its holder dies (SIGKILL included), so a lock is never stale and RunLock never
+removes the lock file of a run folder. A lock belongs to an inode, not to a path: were the file removed or
+replaced (a user, a cleanup script), a second writer would lock a new file at the same path. So a writer checks,
+after taking the lock and at each verify(), that the path still names the inode it locked (device and inode);
+when it does not, it locks the file now at the path, or stops (UserError) when another writer holds that one.
 A POSIX lock, not a flock: it belongs to the process, so loader workers forked from the trainer do not inherit it
 (with flock they held it after a SIGKILL of the trainer until they noticed and exited, refusing a quick resume).
 It is released when this process closes any descriptor of the lock file: only RunLock opens it.
@@ -55,6 +58,15 @@ def refuse_if_held(run_dir: Path) -> None:
         raise in_use_error(run_dir, pid)
 
 
+def same_file(path: Path, fd: int) -> bool:
+    """Whether `path` names the file open as `fd` (device and inode)."""
+    try:
+        st, mine = os.stat(path), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
 class RunLock:
     """Context manager: creates run_dir (and its missing parents) if needed and locks its lock file.
 
@@ -87,6 +99,8 @@ class RunLock:
         return self
 
     def _acquire(self) -> None:
+        """Locks the file at self.path (created if missing) and sets self.fd; UserError if another process holds
+        it. Retries while the path does not name the inode locked (removed or replaced meanwhile)."""
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
@@ -95,14 +109,29 @@ class RunLock:
                 pid = holder_pid(self.path)
                 os.close(fd)
                 raise in_use_error(self.run_dir, pid) from None
-            try:  # the path must still name the inode we locked (a refused run may have removed its folder)
-                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
-                    self.fd = fd
-                    return
-            except FileNotFoundError:
-                pass
+            if same_file(self.path, fd):
+                self.fd = fd
+                return
             os.close(fd)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.run_dir.mkdir(parents=True, exist_ok=True)  # a refused run may have removed its folder
+
+    def verify(self) -> Optional[str]:
+        """Checks that the lock file at the path is still the one this process holds. If it was removed or
+        replaced, locks the file now there and returns a line saying so; raises UserError (the run must stop
+        writing) if another writer holds that one. None: nothing happened (or not enabled)."""
+        if self.fd is None or same_file(self.path, self.fd):
+            return None
+        held = self.fd
+        try:
+            self._acquire()
+        except UserError:
+            pid = holder_pid(self.path)
+            who = f"PID {pid}" if pid is not None else "another process"
+            raise UserError(f"run.dir {self.run_dir}: its {LOCK_NAME} was removed or replaced and {who} now "
+                            f"writes there; this run stops without writing more (its last checkpoint is kept)"
+                            ) from None
+        os.close(held)  # the old inode's lock; the new file's lock is held through self.fd
+        return f"note: {self.path} was removed or replaced while this run wrote there; locked it again"
 
     def _remove_created(self) -> None:
         """Removes the folders this process created, if they hold nothing but the lock file (while it is held)."""

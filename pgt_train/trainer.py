@@ -222,6 +222,7 @@ class Trainer:
     def _sync_with_host(self, step: int) -> None:
         """Every run.log_interval steps, the loop's only host sync: the sums and the non-finite streak in one copy,
         for the progress bar and the non-finite stop."""
+        self.check_lock()
         loss_sum, correct, count, finite, streak = torch.cat([self.totals.sums,
                                                               self.nonfinite_streak.view(1)]).tolist()
         self.bar.set_postfix(loss=f"{loss_sum / max(finite, 1):.3f}", top1=f"{100 * correct / max(count, 1):.1f}",
@@ -248,6 +249,7 @@ class Trainer:
         # training time of the whole epoch (before a resume too) + this evaluation
         metrics.update(epoch=self.counters.epochs_done, epoch_time_s=self.totals.elapsed_s + time.perf_counter()
                        - t_eval, **(self.diag.epoch_end() if self.diag else {}))
+        self.check_lock()
         self.writer.epoch(metrics)
         self.log(writers.epoch_line(metrics, self.cfg.sched.epochs))
         self.epochs_trained += 1
@@ -258,6 +260,13 @@ class Trainer:
         # last.pth first: a kill between the two writes leaves last.pth at the best epoch, from which the next
         # resume rewrites best.pth (checkpoint.reconcile_best)
         self.save(["last.pth", "best.pth"] if is_best else ["last.pth"])
+
+    def check_lock(self) -> None:
+        """Before rank 0 writes: the run folder's lock file must still be the one it holds (runlock.RunLock.verify:
+        a removed or replaced one is locked again, or the run stops when another writer took it)."""
+        note = self.run_lock.verify() if self.run_lock is not None else None
+        if note:
+            self.log(note)
 
     def save(self, names: list[str], mid_epoch: bool = False) -> None:
         """Every rank contributes its RNG state (and partial sums); rank 0 writes. Never saves a non-finite
@@ -277,6 +286,7 @@ class Trainer:
             state["epoch_totals"] = totals
         if self.diag is not None:  # so that a resumed epoch's diagnostics columns equal an uninterrupted one's
             state["diagnostics"] = self.diag.state_dict()
+        self.check_lock()
         for name in names:
             checkpoint.save(self.run_dir / name, state)
         if self.diag is not None:

@@ -70,6 +70,99 @@ def test_a_second_writer_exits_2_naming_the_holder_and_writes_nothing(tmp_path):
     assert "lr: 0.03" in (run_dir / "config.yaml").read_text()
 
 
+# Another writer's lock file put in place atomically: a file it locked, renamed over the path. argv: PATH
+LOCKED_REPLACEMENT = textwrap.dedent("""
+    import fcntl, os, sys, time
+    path = sys.argv[1]
+    fd = os.open(path + ".new", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.lockf(fd, fcntl.LOCK_EX)
+    os.replace(path + ".new", path)
+    print("held", flush=True)
+    time.sleep(120)
+""")
+
+
+def assert_each_epoch_once(run_dir):
+    epochs = [r["epoch"] for r in read_summary(run_dir / "summary.csv")]
+    assert epochs == [str(i) for i in range(1, len(epochs) + 1)], f"each row once, in order: {epochs}"
+    return len(epochs)
+
+
+@pytest.mark.slow
+def test_a_removed_lock_file_still_lets_only_one_writer_train(tmp_path):
+    """rm .pgt-train.lock under a live run, then a second writer with --resume auto: it locked a new file at the
+    path while the first kept training on the removed one, and both wrote the same epochs. Now exactly one of
+    them trains on: the first locks the path again (the second is refused), or notices the second's lock and
+    stops writing."""
+    run_dir = tmp_path / "run"
+    args = (*TINY, f"run.dir={run_dir}", "sched.epochs=500")
+    first = start_cli(*args)  # stopped below
+    wait_for(lambda: (run_dir / "last.pth").exists(), first)  # an epoch done: the second can resume from it
+    (run_dir / runlock.LOCK_NAME).unlink()
+    second = start_cli(*args, "--resume", "auto")
+    procs = {"first": first, "second": second}
+    try:
+        deadline = time.time() + 120
+        while all(p.poll() is None for p in procs.values()) and time.time() < deadline:
+            time.sleep(0.1)
+        ended = [name for name, p in procs.items() if p.poll() is not None]
+        assert len(ended) == 1, f"exactly one of the two stops; ended: {ended}"
+        (survivor,) = [p for name, p in procs.items() if name not in ended]
+        loser = finish(procs[ended[0]], timeout=60)
+        assert loser.returncode == 2, loser.stderr
+        assert loser.stderr.count("\n") == 1 and "Traceback" not in loser.stderr
+        assert (f"is in use: PID {first.pid} is writing there" in loser.stderr if ended == ["second"] else
+                f"was removed or replaced and PID {second.pid} now writes there" in loser.stderr), loser.stderr
+        rows = assert_each_epoch_once(run_dir)
+        wait_for(lambda: len(read_summary(run_dir / "summary.csv")) >= rows + 2, survivor)  # it trains on
+    finally:
+        for proc in procs.values():  # the processes this test started, by PID
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+    done = finish(survivor, timeout=120)
+    assert done.returncode == 75, done.stderr
+    assert_each_epoch_once(run_dir)
+
+
+@pytest.mark.slow
+def test_a_replaced_lock_file_is_locked_again_or_stops_the_run(tmp_path):
+    """A fresh file moved over the lock file: the running writer locks it again and a second writer is refused,
+    naming it. Then another process's locked file moved over it: the running writer stops, exit 2, one line."""
+    run_dir = tmp_path / "run"
+    lock = run_dir / runlock.LOCK_NAME
+    first = start_cli(*TINY, f"run.dir={run_dir}", "sched.epochs=500")
+    holder = None
+    try:
+        wait_for(lambda: lock.exists() and runlock.holder_pid(lock) == first.pid, first)
+        (run_dir / "fresh").write_text("")
+        os.replace(run_dir / "fresh", lock)
+        wait_for(lambda: runlock.holder_pid(lock) == first.pid, first)  # the new file, locked again
+        with pytest.raises(cli.UserError, match=f"is in use: PID {first.pid} is writing there"):
+            with runlock.RunLock(run_dir):
+                pass
+        holder = start_python("-c", LOCKED_REPLACEMENT, lock)
+        assert holder.stdout.readline().strip() == "held"
+        done = finish(first, timeout=120)
+    finally:
+        for proc in (first, holder):  # the processes this test started, by PID
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    assert done.returncode == 2, done.stderr
+    assert f"locked it again" in done.stdout
+    assert done.stderr == (f"pgt-train: error: run.dir {run_dir}: its {runlock.LOCK_NAME} was removed or replaced "
+                           f"and PID {holder.pid} now writes there; this run stops without writing more (its last "
+                           f"checkpoint is kept)\n")
+    assert_each_epoch_once(run_dir)
+
+
+def test_verify_locks_a_removed_lock_file_again(tmp_path):
+    with runlock.RunLock(tmp_path / "r") as lock:
+        assert lock.verify() is None
+        lock.path.unlink()
+        assert "was removed or replaced" in lock.verify()
+        assert runlock.holder_pid(lock.path) == os.getpid() and lock.verify() is None
+
+
 def test_the_lock_names_its_holder_and_dies_with_it(tmp_path):
     """A real process holds the lock; the kernel names it in /proc/locks; after SIGKILL the lock is free."""
     holder = start_python("-c", f"from pgt_train import runlock; import time\n"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from pgt_train.config import twin
+from pgt_train.config.twin import derive as derive_twin
 from pgt_train.config.errors import ConfigError
 from pgt_train.config.safe_yaml import new_budget, parse_override_value, read_yaml
 from pgt_train.config.schema import Config, to_dict
@@ -76,7 +76,7 @@ def derive(tree: dict) -> dict:
     from_dict is not derived twice; read back as a recipe (`--config run/config.yaml`) it is, so a derivation must
     recognise values it derived before (config/twin.py keeps them in pgt.twin_of). It raises ConfigError for a
     combination it cannot derive."""
-    return twin.derive(tree)
+    return derive_twin(tree)
 
 
 def _where(path, overrides, overlays) -> str:

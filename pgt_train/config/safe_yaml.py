@@ -148,7 +148,7 @@ def parse_override_value(key: str, raw: str):
     """The value of a `key=raw` override read as YAML with RecipeLoader's refusals; text that is not YAML stays a
     string (the type check then names the key if a string is wrong there)."""
     try:
-        return yaml.load(raw, Loader=RecipeLoader) if raw.strip() else None
+        return yaml.load(raw, Loader=RecipeLoader) if raw.strip() else None  # RecipeLoader is a yaml.SafeLoader
     except RefusedYAML as e:
         raise ConfigError(f"override {key}: {e.problem}") from None
     except (yaml.YAMLError, ValueError, OverflowError):
