@@ -5,8 +5,6 @@ in float64 their weights stay equal to round-off, which these tests hold to 1e-9
 (an LR of the schedule left unscaled, weight decay not scaled, a clip threshold not scaled) moves them apart by far
 more: the first tests here show it does.
 """
-import copy
-import dataclasses
 
 import pytest
 import torch
@@ -92,8 +90,8 @@ def test_clipping_without_an_exact_twin_is_refused(clip, match):
 def test_every_lr_like_key_is_scaled():
     """A float key of optim or sched whose name holds "lr" that SCALED leaves out would train the twin at PGT's LR
     for part of the schedule: add it to twin.SCALED (and a pgt.twin_of field)."""
-    lr_keys = {f"{section}.{f.name}" for section, cls in (("optim", config.OptimConfig), ("sched", config.SchedConfig))
-               for f in dataclasses.fields(cls) if "lr" in f.name and f.type in (float, "float")}
+    lr_keys = {key.name for key in config.keys(config.Config) if key.name.split(".")[0] in ("optim", "sched")
+               and "lr" in key.name.split(".")[-1] and config.number_type(key.type) is float}
     assert lr_keys >= {"optim.lr", "sched.warmup_lr", "sched.min_lr"}
     assert lr_keys <= set(twin.SCALED), f"not scaled by the twin: {sorted(lr_keys - set(twin.SCALED))}"
 
