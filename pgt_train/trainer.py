@@ -26,6 +26,7 @@ from pgt_train.counters import Counters
 from pgt_train.dist import DistInfo, all_reduce_sum
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "none": None}
+MODEL_DTYPES = {"float32": torch.float32, "float64": torch.float64}  # model.dtype
 DATA_WAIT_HINT_PCT = 10.0  # above this share of training time spent waiting for data, the first epoch says so
 
 
@@ -50,14 +51,17 @@ def amp_dtype_of(cfg: Config, world: DistInfo) -> Optional[torch.dtype]:
     return AMP_DTYPES[cfg.amp.dtype] if world.device.type == "cuda" else None
 
 
-def images_dtype_of(amp_dtype: Optional[torch.dtype]) -> torch.dtype:
-    """fp16 autocast: the device loaders (nvjpeg, dali) normalise straight into fp16, which the first conv takes."""
+def images_dtype_of(amp_dtype: Optional[torch.dtype], model_dtype: torch.dtype) -> torch.dtype:
+    """fp16 autocast: the device loaders (nvjpeg, dali) normalise straight into fp16, which the first conv takes;
+    a float64 model takes float64 images (model.dtype float64 rules out autocast)."""
+    if model_dtype == torch.float64:
+        return torch.float64
     return torch.float16 if amp_dtype == torch.float16 else torch.float32
 
 
 def build_model(cfg: Config, *, init_weights: Optional[dict], init_source: str) -> torch.nn.Module:
     model = models.build_model(cfg.model.name, num_classes=cfg.model.num_classes, norm=cfg.model.norm,
-                               zero_init_last=cfg.model.zero_init_last)
+                               zero_init_last=cfg.model.zero_init_last).to(MODEL_DTYPES[cfg.model.dtype])
     if init_weights is not None:
         checkpoint.load_model_weights(model, init_weights, source=init_source, model_name=cfg.model.name)
     return model
@@ -74,7 +78,7 @@ def build_setup(cfg: Config, world: DistInfo, *, init_weights: Optional[dict] = 
     seed_all(cfg.seed + 1000 * world.rank)  # per-rank streams from here on
     train_loader, val_loader = data.build_loaders(cfg.data, num_classes=cfg.model.num_classes, seed=cfg.seed,
                                                   dist=world, channels_last=channels_last, model_name=cfg.model.name,
-                                                  dtype=images_dtype_of(amp_dtype))
+                                                  dtype=images_dtype_of(amp_dtype, MODEL_DTYPES[cfg.model.dtype]))
     model, plain_model = models.prepare(model, device=world.device, channels_last=channels_last,
                                         sync_bn=cfg.model.sync_bn, world_size=world.world_size,
                                         compile=cfg.run.compile)
@@ -90,7 +94,8 @@ def build_setup(cfg: Config, world: DistInfo, *, init_weights: Optional[dict] = 
         model=model, plain_model=plain_model, train_loader=train_loader, val_loader=val_loader,
         optimizer=optimizer, scheduler=scheduler,
         scaler=torch.amp.GradScaler(world.device.type, enabled=amp_dtype == torch.float16),
-        loss_fn=pgt.build_pgt_loss(**dataclasses.asdict(cfg.pgt), label_smoothing=cfg.loss.label_smoothing),
+        loss_fn=pgt.build_pgt_loss(alpha=cfg.pgt.alpha, impl=cfg.pgt.impl, authors_fp16=cfg.pgt.authors_fp16,
+                                   form=cfg.pgt.form, label_smoothing=cfg.loss.label_smoothing),
         step_settings=settings, clip_params=engine.clip_parameters(plain_model, cfg.clip.mode),
         steps_per_epoch=steps_per_epoch)
 

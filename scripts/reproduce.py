@@ -26,6 +26,8 @@ scripts/slurm/train.sbatch on its row (its time-limit warning checkpoints and re
 folder gets a `slurm_job` file naming its array task; a rerun skips rows whose task is still queued or running
 (squeue), so no run folder ever has two jobs, and submits the rest again. Why sbatch and not submitit:
 docs/cluster.md.
+--ablation temperature adds, beside every PGT row, the arms that separate PGT's temperature from its step size
+(pgt_train/ablation.py); an arm the row's settings refuse is left out with one line saying why.
 Output to a closed pipe (`--dry-run | head -1`) stops quietly with exit status 141, as SIGPIPE would.
 """
 from __future__ import annotations
@@ -42,7 +44,7 @@ from pathlib import Path
 
 import yaml
 
-from pgt_train import config
+from pgt_train import ablation, config
 from pgt_train.errors import exit_quietly_on_closed_pipe
 from pgt_train.pgt import IMPLS as PGT_IMPLS
 from pgt_train.writers import run_finished
@@ -102,6 +104,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "factory adds no cooldown to step, scheduler_factory.py:58-69); run folders get a -<N>ep suffix")
     p.add_argument("--dry-run", action="store_true", help="print each command and what it would do, run nothing")
     p.add_argument("--rows", help="only these rows, 1-based as printed: 1,3,5")
+    p.add_argument("--ablation", choices=ablation.ABLATIONS,
+                   help="temperature: beside each PGT row (a) its twin (b), the temperature alone (c) and the step "
+                        "size alone (d), in <row>-twin, -temperature, -stepsize (docs/what-pgt-is.md)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every row")
     s = p.add_argument_group("SLURM (--launcher slurm: the rows as one job array of scripts/slurm/train.sbatch)")
     s.add_argument("--launcher", choices=("local", "slurm"), default="local",
@@ -206,15 +211,21 @@ def folder_suffix(changed: dict[str, list[str]]) -> str:
     return "+overrides-" + hashlib.sha256("\n".join(texts).encode()).hexdigest()[:8]
 
 
-def plan_row(args, recipe: str, overrides: list[str], before: dict, defining: list[str]) -> tuple:
-    """(status, run folder, command, {override key: its changes}) of one row; the row's config is resolved here,
+def plan_row(args, recipe: str, overrides: list[str], before: dict, defining: list[str], arm: str = "a") -> tuple:
+    """(status, run folder, command, {override key: its changes}) of one row, or of its ablation arm `arm`
+    (pgt_train/ablation.py: its overrides go last, its folder gets the arm's suffix); the config is resolved here,
     so a broken recipe stops the script before the first run, not hours into the table."""
     overlay = config.reading_path(args.reading)
     overrides, suffix = variant_overrides(args, recipe, [*overrides, *args.overrides], overlay)
     pgt_on = config.load(ROOT / recipe, overrides, [overlay]).pgt.alpha is not None
     if args.impl and pgt_on:
         overrides = [*overrides, f"pgt.impl={args.impl}"]
-    cfg = config.load(ROOT / recipe, overrides, [overlay])
+    if arm != "a":
+        row = config.flat_settings(config.load(ROOT / recipe, overrides, [overlay]))
+        chosen = next(a for a in ablation.arms(row) if a.letter == arm)
+        overrides, suffix = [*overrides, *chosen.overrides], suffix + chosen.suffix
+    cfg = config.load(ROOT / recipe, overrides, [overlay])  # an arm the settings refuse: ConfigError
+    pgt_on = cfg.pgt.alpha is not None
     changed = changes(defining, before, compared(cfg))
     run_dir = (Path(args.runs_root) / args.reading / (cfg.pgt.impl if pgt_on else "nopgt")
                / Path(cfg.run.dir + suffix + folder_suffix(changed)).relative_to(RECIPE_RUNS_ROOT))
@@ -288,14 +299,31 @@ def run_locally(args, plan: list, total: int) -> int:
     return 0
 
 
+def plan_with_arms(args, label: str, recipe: str, overrides: list[str], before: dict, defining: list[str]) -> list:
+    """The row's plan entry and, with --ablation, one per arm (b)-(d) of a PGT row; an arm its settings refuse (no
+    twin of pgt.impl authors, say) is left out with one line saying why."""
+    plan = [(label, *plan_row(args, recipe, overrides, before, defining))]
+    row_cfg = config.load(ROOT / recipe, [*overrides, *args.overrides], [config.reading_path(args.reading)])
+    if not args.ablation or before["pgt.alpha"] is None or row_cfg.pgt.alpha is None:
+        return plan
+    for arm in "bcd":
+        try:
+            plan.append((f"{label} ({arm}) {ablation.ARM_NAMES[arm]}",
+                         *plan_row(args, recipe, overrides, before, defining, arm)))
+        except config.ConfigError as e:
+            why = str(e).split(" [from ")[0]  # the setting and the reason; the recipe is the row's, printed above
+            print(f"reproduce: {label} ({arm}) {ablation.ARM_NAMES[arm]}: left out: {why}", flush=True)
+    return plan
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     index = yaml.safe_load(INDEX.read_text())
     rows = rows_of(index, args.table, args.grid, args.figure)
     recipes = [row_settings(args, recipe, overrides) for _, recipe, overrides in rows]
     defining = row_defining_keys(args.overrides, recipes)
-    plan = [(label, *plan_row(args, recipe, overrides, before, defining))
-            for (label, recipe, overrides), before in zip(rows, recipes)]
+    plan = [entry for (label, recipe, overrides), before in zip(rows, recipes)
+            for entry in plan_with_arms(args, label, recipe, overrides, before, defining)]
     total, plan = len(plan), selected(plan, args.rows)
     for line in override_notes(plan, total):
         print(line, flush=True)

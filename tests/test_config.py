@@ -204,7 +204,9 @@ def test_new_keys_follow_their_advice_and_define_the_run():
     assert exact.model.dtype == "float64"
     twin = config.load(None, SYNTH + ["pgt.form=temperature", "pgt.alpha=0.5"])
     base = config.load(None, SYNTH + ["pgt.alpha=0.5"])
-    assert [d[0] for d in config.diff_defining(base, twin)] == ["pgt.form"]
+    # the twin scales the LRs, weight decay and clip threshold (min_lr 0 stays 0); pgt.twin_of does not define it
+    assert [d[0] for d in config.diff_defining(base, twin)] == ["optim.lr", "optim.weight_decay", "sched.warmup_lr",
+                                                                "pgt.form", "clip.value"]
     assert [d[0] for d in config.diff_defining(base, exact)][:1] == ["model.dtype"]
     assert config.diff_defining(base, config.load(None, SYNTH + ["pgt.alpha=0.5", "data.workers=auto"])) == []
 

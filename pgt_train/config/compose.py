@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
+from pgt_train.config.twin import derive as derive_twin
 from pgt_train.config.errors import ConfigError
 from pgt_train.config.safe_yaml import new_budget, parse_override_value, read_yaml
 from pgt_train.config.schema import Config, to_dict
@@ -73,9 +74,9 @@ def derive(tree: dict) -> dict:
     pgt.form temperature implies. `tree` is a validated Config as a full dict (config.to_dict); the tree returned
     is validated again. It runs once per `load`, never in `from_dict`, so a saved config.yaml read back with
     from_dict is not derived twice; read back as a recipe (`--config run/config.yaml`) it is, so a derivation must
-    recognise values it derived before. It raises ConfigError for a combination it cannot derive. Today nothing
-    is derived."""
-    return tree
+    recognise values it derived before (config/twin.py keeps them in pgt.twin_of). It raises ConfigError for a
+    combination it cannot derive."""
+    return derive_twin(tree)
 
 
 def _where(path, overrides, overlays) -> str:

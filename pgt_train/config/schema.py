@@ -105,12 +105,25 @@ class SchedConfig:
 
 
 @dataclass(frozen=True)
+class TwinOfConfig:
+    """pgt.form temperature: the PGT-side values of the keys the twin scales (config/twin.py fills them in once,
+    so that a run's config.yaml read back is checked rather than scaled twice)."""
+    lr: Optional[float] = param(None, range=LR_RANGE, doc="PGT's optim.lr (the twin trains at lr / alpha)")
+    warmup_lr: Optional[float] = param(None, range=LR_RANGE, doc="PGT's sched.warmup_lr (twin: / alpha)")
+    min_lr: Optional[float] = param(None, range=LR_RANGE, doc="PGT's sched.min_lr (twin: / alpha)")
+    weight_decay: Optional[float] = param(None, range="[0, 1]", doc="PGT's optim.weight_decay (twin: x alpha)")
+    clip_value: Optional[float] = param(None, range="(0, 1e6]", doc="PGT's clip.value (twin: x alpha)")
+
+
+@dataclass(frozen=True)
 class PGTConfig:
     alpha: Optional[float] = param(None, range="(0, 1]", doc="PGT's alpha; None: PGT off (plain cross-entropy)")
     impl: str = param("exact", choices=PGT_IMPLS, doc="exact (Eq. 8) | authors (fp16-rounded p) | official (hook)")
     authors_fp16: str = param("p", choices=PGT_AUTHORS_FP16, doc="impl authors only: which fp16 steps are reproduced")
     form: str = param("backward", choices=PGT_FORMS,
                       doc="backward: PGT on the gradient | temperature: cross-entropy on alpha * z (impl exact)")
+    # implied by form, alpha and the scaled values, so not part of what makes a run
+    twin_of: TwinOfConfig = section(TwinOfConfig, defining=False, doc="form temperature: the PGT-side values, filled in")
 
 
 @dataclass(frozen=True)

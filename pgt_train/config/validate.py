@@ -135,6 +135,9 @@ def _validate_training(cfg: Config) -> None:
     if cfg.model.dtype == "float64" and cfg.amp.dtype != "none":
         _fail("model.dtype", f"float64 parameters cannot train under amp.dtype {cfg.amp.dtype} (autocast would "
                              f"compute in half precision): set amp.dtype=none")
+    if cfg.model.dtype == "float64" and cfg.data.loader == "dali":
+        _fail("model.dtype", "float64 needs a loader that hands float64 images: data.loader dali emits float32 "
+                             "or float16 only; use torchvision, nvjpeg or synthetic")
     if cfg.pgt.form == "temperature" and cfg.pgt.alpha is None:
         _fail("pgt.form", "temperature needs PGT on: set pgt.alpha (in (0, 1]), or pgt.form=backward")
     if cfg.pgt.form == "temperature" and cfg.pgt.impl != "exact":

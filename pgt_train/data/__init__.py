@@ -103,7 +103,7 @@ def build_loaders(cfg: DataConfig, *, num_classes: int, seed: int, dist: DistInf
     """Returns (train_loader, val_loader) for data.loader: torchvision | nvjpeg | synthetic | dali.
     model_name resolves data.val_interpolation: model (resolve_val_resize). dtype: the images' dtype where the
     loader normalises on the device itself (nvjpeg, dali: float16 for fp16 autocast, no cast in torch); the CPU
-    loaders' batches stay float32 (autocast casts them in the first layer). train_path: data.loader torchvision's
+    loaders' batches stay float32 (autocast casts them in the first layer) unless dtype is float64. train_path: data.loader torchvision's
     training decode and crop, folder.build_datasets's (auto; pil, the path it replaced, for comparisons)."""
     cfg = dataclasses.replace(resolve_val_resize(cfg, model_name), workers=resolve_workers(cfg.workers))
     batch = per_rank_batch(cfg.batch_size, dist.world_size, cfg.accum_steps)
@@ -137,4 +137,6 @@ def build_loaders(cfg: DataConfig, *, num_classes: int, seed: int, dist: DistInf
         from pgt_train.data.gpu_decode import NvjpegLoader
         loader_class = NvjpegLoader
         common.update(decoder=cfg.decoder, dtype=dtype)
+    else:  # normalised in float32 under autocast (its first layer casts), in float64 for a float64 model
+        common.update(dtype=torch.float64 if dtype == torch.float64 else torch.float32)
     return loader_class(train_set, train=True, **common), loader_class(val_set, train=False, **common)

@@ -102,7 +102,8 @@ class TorchLoader:
     """
 
     def __init__(self, dataset: Dataset, *, batch_size: int, train: bool, rank: int, world_size: int, seed: int,
-                 workers: int, device: torch.device, channels_last: bool, skip_corrupt: bool = True):
+                 workers: int, device: torch.device, channels_last: bool, skip_corrupt: bool = True,
+                 dtype: torch.dtype = torch.float32):
         self.train, self.skip_corrupt, self.corrupt_seen = train, skip_corrupt, 0
         if hasattr(dataset, "replace_unreadable"):  # training batches keep their size (see SeededImageFolder)
             dataset.replace_unreadable = train and skip_corrupt
@@ -113,7 +114,7 @@ class TorchLoader:
             dataset, batch_size=batch_size, sampler=self.sampler, num_workers=workers, drop_last=train,
             collate_fn=collate_skipping_corrupt, worker_init_fn=ignore_in_worker, pin_memory=device.type == "cuda",
             persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
-        self.device = device
+        self.device, self.dtype = device, dtype  # float32, or float64 for a float64 model
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
@@ -151,5 +152,5 @@ class TorchLoader:
             if images is None:  # validation only (training replaces unreadable images): nothing to score
                 continue
             images = images.to(self.device, non_blocking=True)
-            images = images.contiguous(memory_format=self.memory_format).float().sub_(self.mean).div_(self.std)
+            images = images.contiguous(memory_format=self.memory_format).to(self.dtype).sub_(self.mean).div_(self.std)
             yield images, targets.to(self.device, non_blocking=True)

@@ -5,6 +5,8 @@ import csv
 import math
 from pathlib import Path
 
+from pgt_train.ablation import ARM_NAMES
+from pgt_train.report.ablations import find_arms
 from pgt_train.report.model import Group, Plot
 
 TABLE_TITLES = {1: "batch-normalised networks", 2: "ResNet-18 without BN", 3: "ResNet-50 ablation"}
@@ -125,6 +127,35 @@ def calibration_lines(rows: list[dict]) -> list[str]:
     return [*lines, "", CALIBRATION_NOTE]
 
 
+ABLATION_HEADER = ["Arm", "Run", "α", "form", "LR", "wd", "n", "Train top-1", "Test top-1", "Δ test vs (a)",
+                   "ECE", "ECE α·z", "T*", "ECE at T*"]
+
+
+def ablation_lines(rows: list[dict], groups: list[Group]) -> list[str]:
+    """One table per PGT group that has arms (report.ablations): (a)-(d) and the baseline, side by side."""
+    by_label = {r["group"]: r for r in rows}
+    lines = []
+    for row_group, arms in find_arms(groups):
+        a = by_label[row_group.label]
+        lines += ["", f"### {row_group.label}: α {a['alpha']:g}", "", "| " + " | ".join(ABLATION_HEADER) + " |",
+                  "|" + "---|" * len(ABLATION_HEADER)]
+        for letter, group in arms.items():
+            r, s = by_label[group.label], group.settings
+            diff = r["test_top1"] - a["test_top1"] if letter != "a" else None
+            cells = [f"({letter}) {ARM_NAMES[letter]}" if letter != "baseline" else ARM_NAMES[letter], r["group"],
+                     "—" if r["alpha"] is None else f"{r['alpha']:g}", s.get("pgt.form", "backward"),
+                     f"{s['optim.lr']:.4g}", f"{s['optim.weight_decay']:.4g}", str(r["seeds"]),
+                     fmt_seeds(r["train_top1"], r["train_top1_std"], r["seeds"]),
+                     fmt_seeds(r["test_top1"], r["test_top1_std"], r["seeds"]), fmt(diff, sign=True, digits=3),
+                     *(fmt(r[k], digits=3) for k in ("val_ece", "val_ece_alpha", "val_temp_fit", "val_ece_tscaled"))]
+            lines.append("| " + " | ".join(cells) + " |")
+    if not lines:
+        return []
+    return ["", "## Ablation: temperature and step size (pgt_train/ablation.py)", "",
+            "(b) must equal (a) to round-off (docs/what-pgt-is.md); (c) keeps PGT's temperature and drops its step "
+            "size, (d) the reverse. Δ test vs (a): difference of the seed means.", *lines]
+
+
 def notes(rows: list[dict], groups: list[Group], *, paper_rows: bool) -> list[str]:
     lines = []
     unfinished = [f"- {r['group']} ({r['paper_row']}*): {r['unfinished']}" for r in rows if r["unfinished"]]
@@ -175,7 +206,7 @@ def format_report(rows: list[dict], *, plots: list[Plot], plots_note: str, table
              "the seed). Accuracies are top-1 in %; test = the validation set; mean ± sample std over the distinct "
              "seeds where n > 1.", "", f"## {title}", "", format_table(shown),
              *(source_lines(shown, table) if paper_rows else []), "", EXPLANATION,
-             *calibration_lines(rows), *notes(rows, groups, paper_rows=paper_rows), *figure_lines(plots, plots_note),
+             *calibration_lines(rows), *ablation_lines(rows, groups), *notes(rows, groups, paper_rows=paper_rows), *figure_lines(plots, plots_note),
              "## Run folders", "", *[f"- {g.label}: {', '.join(str(r.path) for r in g.runs)}" for g in groups]]
     if skipped_runs:
         lines += ["", "### Run folders not reported (no result)", "", *[f"- {s}" for s in skipped_runs]]
