@@ -121,6 +121,9 @@ class RunLock:
         writing) if another writer holds that one. None: nothing happened (or not enabled)."""
         if self.fd is None or same_file(self.path, self.fd):
             return None
+        if not self.run_dir.is_dir():  # the whole folder is gone: its checkpoints with it
+            raise UserError(f"run.dir {self.run_dir} was removed while this run wrote there; this run stops "
+                            f"without writing more")
         held = self.fd
         try:
             self._acquire()

@@ -180,6 +180,7 @@ def row_defining_keys(overrides: list[str], rows: list[dict]) -> list[str]:
 
 
 def shown(value) -> str:
+    """A setting as it reads in a folder name: YAML's words for null and booleans, lists without spaces."""
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(shown(v) for v in value) + "]"
     if value is None or isinstance(value, bool):

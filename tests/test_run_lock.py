@@ -1,6 +1,7 @@
 """One writer per run folder, a best.pth that survives a kill, and resume state that is checked, not trusted
 (issue 19): real pgt-train processes racing on one run.dir, real SIGKILLs at controlled points, real files."""
 import os
+import shutil
 import signal
 import sys
 import textwrap
@@ -161,6 +162,9 @@ def test_verify_locks_a_removed_lock_file_again(tmp_path):
         lock.path.unlink()
         assert "was removed or replaced" in lock.verify()
         assert runlock.holder_pid(lock.path) == os.getpid() and lock.verify() is None
+        shutil.rmtree(lock.run_dir)
+        with pytest.raises(cli.UserError, match="was removed while this run wrote there"):
+            lock.verify()
 
 
 def test_the_lock_names_its_holder_and_dies_with_it(tmp_path):

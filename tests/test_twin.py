@@ -5,8 +5,6 @@ in float64 their weights stay equal to round-off, which these tests hold to 1e-9
 (an LR of the schedule left unscaled, weight decay not scaled, a clip threshold not scaled) moves them apart by far
 more: the first tests here show it does.
 """
-import copy
-import dataclasses
 
 import pytest
 import torch
@@ -92,8 +90,8 @@ def test_clipping_without_an_exact_twin_is_refused(clip, match):
 def test_every_lr_like_key_is_scaled():
     """A float key of optim or sched whose name holds "lr" that SCALED leaves out would train the twin at PGT's LR
     for part of the schedule: add it to twin.SCALED (and a pgt.twin_of field)."""
-    lr_keys = {f"{section}.{f.name}" for section, cls in (("optim", config.OptimConfig), ("sched", config.SchedConfig))
-               for f in dataclasses.fields(cls) if "lr" in f.name and f.type in (float, "float")}
+    lr_keys = {key.name for key in config.keys(config.Config) if key.name.split(".")[0] in ("optim", "sched")
+               and "lr" in key.name.split(".")[-1] and config.number_type(key.type) is float}
     assert lr_keys >= {"optim.lr", "sched.warmup_lr", "sched.min_lr"}
     assert lr_keys <= set(twin.SCALED), f"not scaled by the twin: {sorted(lr_keys - set(twin.SCALED))}"
 
@@ -249,3 +247,26 @@ def test_twin_run_folder_reloads_and_resumes_without_scaling_twice(cli_runs, cap
         assert "is finished" in capsys.readouterr().out
     assert cli.main(recipe_args(cli_runs / "twin", "--resume", "auto")) == 2  # PGT itself is another run
     assert "pgt.form" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("clip.mode=norm",), "clip.mode: norm has no exact twin under pgt.form temperature"),
+    (("pgt.impl=authors",), "pgt.form: temperature is defined for pgt.impl exact only"),
+    (("data.loader=dali", "data.root=/nonexistent"), "model.dtype: float64 needs a loader that hands float64 images"),
+])
+def test_refusals_are_one_line_exit_2_before_anything_is_written(tmp_path, capsys, extra, message):
+    from pgt_train import cli
+    assert cli.main(twin_args(tmp_path / "run", *extra)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
+def test_print_config_shows_the_scaled_values(capsys):
+    from pgt_train import cli
+    assert cli.main([*twin_args(None), "--print-config"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["optim"]["lr"] == 0.1 / ALPHA and shown["sched"]["warmup_lr"] == 0.005 / ALPHA
+    assert shown["sched"]["min_lr"] == 0.001 / ALPHA and shown["optim"]["weight_decay"] == 5e-3 * ALPHA
+    assert shown["pgt"]["twin_of"] == {"lr": 0.1, "warmup_lr": 0.005, "min_lr": 0.001, "weight_decay": 5e-3,
+                                       "clip_value": 0.05}
