@@ -65,7 +65,8 @@ def image_stats(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tens
 
 def bin_sums(confidence: torch.Tensor, hit: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """(..., 3, N_BINS): per confidence bin, the weighted number of images, Σ confidence and Σ hits."""
-    bins = (confidence * N_BINS).floor().clamp(0, N_BINS - 1).long()
+    # a NaN confidence (non-finite logits) goes to bin 0 rather than an undefined index; its sums stay NaN
+    bins = (confidence.nan_to_num(0.0) * N_BINS).floor().clamp(0, N_BINS - 1).long()
     onehot = F.one_hot(bins, N_BINS).double() * weight.unsqueeze(-1)  # (..., B, N_BINS)
     stacked = torch.stack([torch.ones_like(confidence), confidence, hit.expand_as(confidence)], dim=-2)
     return stacked @ onehot  # (..., 3, B) @ (..., B, N_BINS)

@@ -182,6 +182,7 @@ class Trainer:
                         return preempt.EXIT_PREEMPTED
                 self._finish_epoch()
                 if counters.epochs_done < end_epoch and self.stop.requested_by_any_rank(self.world):
+                    self._log_preempted(counters.steps_done)  # last.pth was saved as the epoch ended
                     return preempt.EXIT_PREEMPTED
             return 0
         finally:
@@ -215,9 +216,11 @@ class Trainer:
         if preempted or every and step % every == 0:
             self.save(["last.pth"], mid_epoch=True)
         if preempted:
-            self.log(f"{self.stop.name}: saved {self.run_dir / 'last.pth'} at step {step}; "
-                     f"continue with --resume auto")
+            self._log_preempted(step)
         return preempted
+
+    def _log_preempted(self, step: int) -> None:
+        self.log(f"{self.stop.name}: saved {self.run_dir / 'last.pth'} at step {step}; continue with --resume auto")
 
     def _sync_with_host(self, step: int) -> None:
         """Every run.log_interval steps, the loop's only host sync: the sums and the non-finite streak in one copy,
