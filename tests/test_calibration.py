@@ -1,7 +1,6 @@
 """Calibration metrics against a hand computation (python loops over floats), the fixed val split, and the
 sum over ranks (2 gloo processes)."""
 import math
-import os
 import socket
 
 import numpy as np
@@ -140,10 +139,10 @@ def _rank_main(rank: int, port: int, out: dict) -> None:
 
 
 @pytest.mark.slow
-def test_every_metric_sums_over_both_ranks():
+def test_every_metric_sums_over_both_ranks(monkeypatch):
     """engine.evaluate under 2 gloo ranks equals one process over all batches, and rank 0's batches alone differ
     in every calibration metric: a metric that ignored a rank would fail here."""
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # for the spawned ranks only: later tests' children must not inherit it
     out = mp.Manager().dict()
     mp.spawn(_rank_main, args=(_free_port(), out), nprocs=2, join=True)
     batches, weight = val_batches()

@@ -25,7 +25,7 @@ install_packages() {
 
 write_conf() {  # $1: this host's name. Settings: /work/shared/reference/cluster-and-docker-notes.md
   local host=$1 cpus mem
-  cpus=$(nproc)
+  cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc alone obeys OMP_NUM_THREADS: a test that set it to 1 made a 1-CPU node
   mem=$(free -m | awk '/^Mem:/ {print $2}')
   cat >"$dir/slurm.conf" <<CONF
 ClusterName=pgttest
