@@ -62,6 +62,7 @@ def test_proxy_study_dry_run_lists_the_arms(tmp_path):
     assert all("sched.epochs=2" in line for line in r.stdout.splitlines() if ": run " in line)
 
 
+@pytest.mark.slow
 def test_report_groups_the_arms_in_one_table(tmp_path):
     """Five hand-made run folders (the row, its three arms, the baseline; two seeds of the row): one ablation table,
     each arm named, the row's seed band and the arms' differences to (a)."""

@@ -236,6 +236,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_adding_a_key_is_one_field(tmp_path):
     """docs/configuration.md, "Adding a key": one param() line in schema.py and the new key is type-, range- and
     name-checked, defines the run, and an older config lacking it reads as its default. The line is added to a

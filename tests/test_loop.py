@@ -34,6 +34,7 @@ class SlowLoader:
         return self.loader.take_corrupt_count()
 
 
+@pytest.mark.slow
 def test_a_loader_bound_run_shows_its_data_wait_and_the_hint(tmp_path, monkeypatch, capsys):
     real_build = data.build_loaders
 
@@ -52,6 +53,7 @@ def test_a_loader_bound_run_shows_its_data_wait_and_the_hint(tmp_path, monkeypat
     assert "img/s" in hint[0] and "data.workers" in hint[0] and "nvjpeg" in hint[0] and "dali" in hint[0]
 
 
+@pytest.mark.slow
 def test_a_fast_loader_waits_little_and_gets_no_hint(tmp_path, capsys):
     args = tiny_run_args(tmp_path / "fast", "diag.interval=0", "sched.epochs=1", "sched.warmup_epochs=0",
                          model="resnet18", img_size=32, batch=16, train_size=128)
