@@ -8,6 +8,10 @@ Prints, as min / median / max over --rounds interleaved rounds (every figure onc
 slows all of them alike):
   * the decode-only limit: one thread decoding every file whole (torchvision.io.decode_jpeg, simplejpeg, PIL,
     all libjpeg-turbo); the limit is the fastest of them in each round;
+  * ceilings, one thread and no DataLoader, as ratios to that round's limit: reading + decoding whole files
+    (what any whole-file loader must do), the tensor path's whole per-sample work, and DALI's CPU decode of only
+    a random crop's region (ROI decode, fn.decoders.image_random_crop, no resize) beside its whole-file decode:
+    the one ROI decoder installable from a package index here;
   * every CPU train loader (RandomResizedCrop 224 + flip, batch --batch, normalised in the main process) with
     each worker count: images/s, per worker, and per worker as the ratio to that round's limit; and the
     scaling, the N-worker rate over N x the one-worker rate;
@@ -57,6 +61,58 @@ def decode_rate(decode, blobs: list[bytes]) -> float:
     for data in blobs:
         decode(data)
     return len(blobs) / (time.perf_counter() - start)
+
+
+def dali_decode_rate(files: list[str], *, roi: bool, batch: int = 32):
+    """A callable giving img/s of one pass of DALI's CPU decoder over `files` (1 thread, no resize): whole
+    files, or only a RandomResizedCrop-distributed region of each (ROI); None where DALI is not installed."""
+    try:
+        from nvidia.dali import fn, pipeline_def, types
+    except ImportError:
+        return None
+
+    @pipeline_def(batch_size=batch, num_threads=1, device_id=None, prefetch_queue_depth=2, seed=0)
+    def pipeline():
+        jpegs, _ = fn.readers.file(files=files, labels=list(range(len(files))), random_shuffle=False)
+        if roi:
+            return fn.decoders.image_random_crop(jpegs, device="cpu", output_type=types.RGB, num_attempts=10,
+                                                 random_area=list(CROP["crop_scale"]),
+                                                 random_aspect_ratio=list(CROP["crop_ratio"]))
+        return fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
+
+    pipe, steps = pipeline(), max(1, len(files) // batch)
+    pipe.build()
+
+    def rate() -> float:
+        start = time.perf_counter()
+        for _ in range(steps):
+            pipe.run()
+        return steps * batch / (time.perf_counter() - start)
+    rate()  # warm-up: thread start, first allocations
+    return rate
+
+
+def ceilings(root: Path, num_classes: int, files: list[str]) -> dict:
+    """name -> a callable giving img/s of one single-threaded pass over the train files (no DataLoader)."""
+    import simplejpeg
+    from pgt_train.data.folder import read_bytes
+    train, _ = build_datasets(str(root), num_classes=num_classes, train_path="tensor", **CROP)
+
+    def timed(step):
+        def rate() -> float:
+            start = time.perf_counter()
+            for index, path in enumerate(files):
+                step(index, path)
+            return len(files) / (time.perf_counter() - start)
+        return rate
+    found = {"read + decode whole files (simplejpeg)":
+             timed(lambda _, path: simplejpeg.decode_jpeg(read_bytes(path), colorspace="RGB")),
+             "tensor path's per-sample work, one process": timed(lambda index, _: train[(index, 0)])}
+    for name, roi in (("DALI CPU decode, whole files", False), ("DALI CPU decode, crop region only (ROI)", True)):
+        rate = dali_decode_rate(files, roi=roi)
+        if rate is not None:
+            found[name] = rate
+    return found
 
 
 def build(name: str, root: Path, *, num_classes: int, batch: int, workers: int):
@@ -132,25 +188,31 @@ def build_all(names: list[str], workers: list[int], root: Path, *, num_classes: 
     return loaders
 
 
-def measure(loaders: dict, blobs: list[bytes], rounds: int) -> tuple[dict, dict]:
-    """Interleaved rounds: each decoder over every file, then one epoch of each loader. Returns img/s lists."""
+def measure(loaders: dict, blobs: list[bytes], ceiling: dict, rounds: int) -> tuple[dict, dict, dict]:
+    """Interleaved rounds: each decoder over every file, each ceiling, then one epoch of each loader.
+    Returns img/s lists: limits, ceilings, loader rates."""
     decode = decoders()
-    limits, rates = {k: [] for k in decode}, {key: [] for key in loaders}
+    limits, tops, rates = {k: [] for k in decode}, {k: [] for k in ceiling}, {key: [] for key in loaders}
     for round_ in range(rounds):
         for name, fn in decode.items():
             limits[name].append(decode_rate(fn, blobs))
+        for name, rate in ceiling.items():
+            tops[name].append(rate())
         for (name, n), loader in loaders.items():
             rates[name, n].append(loader_pass(loader, epoch=round_ + 1, device=CPU))
-    return limits, rates
+    return limits, tops, rates
 
 
-def report(limits: dict, rates: dict) -> None:
+def report(limits: dict, tops: dict, rates: dict) -> None:
     limit = [max(values) for values in zip(*limits.values())]  # the fastest decoder of each round
     print(f"  {'figure':<44}{'min':>9}{'median':>9}{'max':>9}")
     print("decode only, one thread, whole files (img/s)")
     for name, values in limits.items():
         print(row(name, values))
     print(row("the limit: the fastest of them, per round", limit))
+    print("ceilings, one thread, no DataLoader (ratio to the limit)")
+    for name, values in tops.items():
+        print(row(name, [v / lim for v, lim in zip(values, limit)], "{:>9.3f}"))
     for (name, n), values in rates.items():
         print(f"loader {name}, {n} worker(s)")
         print(row("img/s", values))
@@ -186,13 +248,14 @@ def main(argv=None) -> int:
         root = args.data or make_jpeg_folder(Path(tmp), classes=4, train=args.images // 4, val=1, texture="photo",
                                              sides=PHOTO_SHAPES, processes=2)
         num_classes = sum(1 for d in (root / "train").iterdir() if d.is_dir())
-        blobs = [f.read_bytes() for f in sorted((root / "train").rglob("*")) if f.is_file()]
+        files = [str(f) for f in sorted((root / "train").rglob("*")) if f.is_file()]
+        blobs = [Path(f).read_bytes() for f in files]
         print(machine_banner(CPU))
         print(f"data {root}: {len(blobs)} train images, {num_classes} classes; RandomResizedCrop 224 + flip, "
               f"batch {args.batch}; {args.rounds} interleaved rounds after 1 warm-up epoch\n")
         loaders = build_all(args.loaders.split(","), [int(w) for w in args.workers.split(",")], root,
                             num_classes=num_classes, batch=args.batch)
-        report(*measure(loaders, blobs, args.rounds))
+        report(*measure(loaders, blobs, ceilings(root, num_classes, files), args.rounds))
         del loaders  # the workers end before the pixel and profile passes
         mean, peak = pixel_difference(root, num_classes)
         print(f"\npixels, tensor vs pil path on the same crops: mean |diff| {mean:.3f}, max {peak:.0f} grey levels")

@@ -220,3 +220,26 @@ def test_batches_are_the_same_for_any_worker_count_and_a_mid_epoch_resume(jpeg_f
         assert len(got) == len(expected)
         for (x, y), (x2, y2) in zip(expected, got):
             assert torch.equal(x, x2) and torch.equal(y, y2)
+
+
+@pytest.mark.slow
+def test_bench_loader_prints_every_figure_in_one_run(capsys):
+    """scripts/bench_loader.py, as docs/speed.md runs it (smaller): the limit, the ceilings, each loader's ratio,
+    the pixel difference and the profile, in one run; the ratios are ratios (positive, the same crops' pixels)."""
+    import importlib.util
+    import re
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("bench_loader", Path(__file__).parents[1] / "scripts/bench_loader.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--images", "32", "--rounds", "1", "--workers", "1", "--loaders", "tensor", "--batch", "8",
+                       "--profile"]) == 0
+    out = capsys.readouterr().out
+    for needed in ("the limit: the fastest of them, per round", "read + decode whole files",
+                   "tensor path's per-sample work, one process", "DALI CPU decode, crop region only (ROI)",
+                   "loader tensor, 1 worker(s)", "per worker / the limit", "decode only, this pass"):
+        assert needed in out, needed
+    ratio = float(re.search(r"per worker / the limit\s+([\d.]+)", out).group(1))
+    assert 0.05 < ratio < 2
+    mean, peak = map(float, re.search(r"mean \|diff\| ([\d.]+), max (\d+) grey levels", out).groups())
+    assert mean <= MAX_MEAN_LEVELS and peak <= MAX_LEVELS
