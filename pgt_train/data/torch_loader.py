@@ -7,6 +7,7 @@ any number of workers, ranks, persistent workers or a resume in the middle of th
 """
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from contextlib import contextmanager
@@ -17,12 +18,14 @@ from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN  # (0.485, 0.456, 0
 from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD  # (0.229, 0.224, 0.225)
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 
+from pgt_train.data.batch_pool import BatchPool
 from pgt_train.errors import UserError
 from pgt_train.preempt import children_ignore_sigint, ignore_in_worker
 
 # Training replaces an unreadable image by a random readable one; this many misses in a row mean the data
 # is broken rather than spotted with bad files (with half the files bad: 2^-32 per unreadable image).
 REPLACEMENT_TRIES = 32
+PREFETCH = 4  # batches each worker prepares ahead
 
 
 class CorruptSample(NamedTuple):
@@ -33,16 +36,19 @@ class CorruptSample(NamedTuple):
     replacement: Optional[tuple] = None
 
 
-def collate_skipping_corrupt(samples: list):
-    """(images, targets, corrupt): default_collate over the readable samples and the replacements, the
-    corrupt ones as a list beside them. images and targets are None when nothing in the batch was readable."""
+def collate_skipping_corrupt(samples: list, pool: Optional[BatchPool] = None):
+    """(images, targets, corrupt, lease): the readable samples and the replacements stacked (images into one of
+    the pool's reused blocks where one is free; lease says which, for BatchPool.release), the corrupt ones as a
+    list beside them. images and targets are None when nothing in the batch was readable."""
     corrupt = [s for s in samples if isinstance(s, CorruptSample)]
     readable = [s.replacement if isinstance(s, CorruptSample) else s for s in samples]
     readable = [s for s in readable if s is not None]
     if not readable:
-        return None, None, corrupt
-    images, targets = default_collate(readable)
-    return images, targets, corrupt
+        return None, None, corrupt, None
+    if pool is None:
+        return *default_collate(readable), corrupt, None
+    images, lease = pool.stack([image for image, _ in readable])
+    return images, default_collate([target for _, target in readable]), corrupt, lease
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -110,10 +116,13 @@ class TorchLoader:
         self.batch_size = batch_size
         self.sampler = (EpochIndexSampler(dataset, rank=rank, world_size=world_size, seed=seed) if train
                         else ShardSampler(len(dataset), rank=rank, world_size=world_size))
+        # a worker has at most PREFETCH batches in flight, and one is being copied out: 2 blocks to spare
+        self.pool = BatchPool(workers, slots=PREFETCH + 2) if workers else None
         self.loader = DataLoader(
             dataset, batch_size=batch_size, sampler=self.sampler, num_workers=workers, drop_last=train,
-            collate_fn=collate_skipping_corrupt, worker_init_fn=ignore_in_worker, pin_memory=device.type == "cuda",
-            persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+            collate_fn=functools.partial(collate_skipping_corrupt, pool=self.pool), worker_init_fn=ignore_in_worker,
+            pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+            prefetch_factor=PREFETCH if workers else None)
         self.device, self.dtype = device, dtype  # float32, or float64 for a float64 model
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
@@ -145,12 +154,17 @@ class TorchLoader:
         return count
 
     def __iter__(self):
+        if self.pool is not None:
+            self.pool.next_iteration()  # before the DataLoader drops what an abandoned iteration left in flight
         with children_ignore_sigint():  # forks the workers the first time (persistent_workers)
             batches = iter(self.loader)
-        for images, targets, corrupt in batches:
+        for images, targets, corrupt, lease in batches:
             self._report(corrupt)
             if images is None:  # validation only (training replaces unreadable images): nothing to score
                 continue
             images = images.to(self.device, non_blocking=True)
+            # a new tensor (float), so the worker's block can take its next batch
             images = images.contiguous(memory_format=self.memory_format).to(self.dtype).sub_(self.mean).div_(self.std)
+            if self.pool is not None:
+                self.pool.release(lease)
             yield images, targets.to(self.device, non_blocking=True)
