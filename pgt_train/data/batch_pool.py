@@ -3,8 +3,8 @@
 Why: in a worker, DataLoader's default_collate stacks every batch into a new shared-memory block, and the new
 block's pages are faulted in one by one: 120 µs per 224 px image, 8 % of a CPU-decoding worker's time
 (docs/speed.md), plus the main process mapping each block anew. Here each worker keeps up to `slots` blocks and
-stacks a batch into a free one; one worker's rate on JPEGs went from 0.57-0.62 to 0.68-0.70 of the decoder's own
-rate (this project's 2-core VM, 2026-12-06, 8 interleaved rounds each).
+stacks a batch into a free one (8 µs per image): on JPEGs one worker went from 0.64 to 0.69 of the decoder's own
+rate, and each of two from 0.52 to 0.56 (medians of 8 interleaved rounds, this project's 2-core VM, 2026-12-06).
 
 When a block is free (holder[w, k] is 0 for free, else 1 + the iteration in which worker w filled slot k):
   * the main process released it (release(), after copying the images out: TorchLoader normalises into a new
