@@ -26,6 +26,7 @@ from pgt_train.preempt import children_ignore_sigint, ignore_in_worker
 # is broken rather than spotted with bad files (with half the files bad: 2^-32 per unreadable image).
 REPLACEMENT_TRIES = 32
 PREFETCH = 4  # batches each worker prepares ahead
+POOL_SLOTS = 3  # reused shared-memory blocks per training worker (batch_pool.py): 3 x 38.5 MB at 256 x 224 px
 
 
 class CorruptSample(NamedTuple):
@@ -116,8 +117,10 @@ class TorchLoader:
         self.batch_size = batch_size
         self.sampler = (EpochIndexSampler(dataset, rank=rank, world_size=world_size, seed=seed) if train
                         else ShardSampler(len(dataset), rank=rank, world_size=world_size))
-        # a worker has at most PREFETCH batches in flight, and one is being copied out: 2 blocks to spare
-        self.pool = BatchPool(workers, slots=PREFETCH + 2) if workers else None
+        # Training only: validation is a small share of the time, and a pool's blocks stay allocated while its loader
+        # idles (the other loader's turn). A loader-bound run's batches are taken as soon as they are made, so a
+        # worker needs 1-2 blocks; where it runs ahead (GPU-bound) a batch past POOL_SLOTS gets a new block.
+        self.pool = BatchPool(workers, slots=POOL_SLOTS) if workers and train else None
         self.loader = DataLoader(
             dataset, batch_size=batch_size, sampler=self.sampler, num_workers=workers, drop_last=train,
             collate_fn=functools.partial(collate_skipping_corrupt, pool=self.pool), worker_init_fn=ignore_in_worker,
