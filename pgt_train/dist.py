@@ -83,12 +83,6 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def broadcast_flag(flag: bool, device: torch.device) -> bool:
-    """True on every rank if it is True on any rank (e.g. 'stop now' after a signal on one rank)."""
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    return bool(all_reduce_max(t).item())
-
-
 def barrier() -> None:
     if tdist.is_initialized():
         tdist.barrier()

@@ -14,7 +14,7 @@ import threading
 
 import torch
 
-from pgt_train.dist import DistInfo, broadcast_flag
+from pgt_train.dist import DistInfo, all_reduce_max
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later"; scripts/slurm requeues on it
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -52,10 +52,14 @@ class StopRequest:
         self.restore()
 
     def requested_by_any_rank(self, world: DistInfo) -> bool:
-        """True on every rank once any rank received a signal (a collective when distributed)."""
+        """True on every rank once any rank received a signal (a collective when distributed). A rank the signal
+        did not reach takes the signal's number from the others, so its log names it too."""
         if not world.is_distributed:
             return self.signum is not None
-        return broadcast_flag(self.signum is not None, world.device)
+        agreed = int(all_reduce_max(torch.tensor([float(self.signum or 0)], device=world.device)).item())
+        if agreed and self.signum is None:
+            self.signum = agreed
+        return agreed != 0
 
     def agreed_at_step(self, step: int, world: DistInfo, every: int) -> bool:
         """requested_by_any_rank, asked only every `every` steps when distributed: the ranks then stop after the

@@ -157,6 +157,22 @@ def test_sigterm_to_pgt_torchrun_stops_all_ranks_at_one_step_exits_75_and_resume
     assert [r["epoch"] for r in summary(run_dir)] == ["1", "2"]
 
 
+@pytest.mark.slow
+def test_a_signal_to_one_rank_stops_every_rank_and_rank_0_names_it(tmp_path):
+    """SIGTERM to rank 1 alone (a node's scheduler signalling its own tasks): the ranks agree at the next
+    agreement point, rank 0, which received nothing, saves last.pth and its log names SIGTERM, and the job exits
+    75 with no traceback."""
+    extra = ("data.train_size=480", "run.checkpoint_every=1", "run.log_interval=5")
+    run_dir = tmp_path / "run"
+    proc = start_pgt_torchrun(2, train_args(run_dir, *extra))
+    wait_for(run_dir / "last.pth", proc)
+    os.kill(rank_pids(proc)[1], signal.SIGTERM)
+    stopped = finish(proc)
+    assert stopped.returncode == 75, stopped.stdout + stopped.stderr
+    assert "Traceback" not in stopped.stderr, stopped.stderr
+    assert "SIGTERM: saved" in stopped.stdout and "none: saved" not in stopped.stdout, stopped.stdout
+
+
 def rank_pids(launcher: subprocess.Popen) -> dict[int, int]:
     """{RANK: pid} of the launcher's ranks, read from each process's environment."""
     pids = {}
