@@ -32,6 +32,7 @@ class StepSettings:
     amp_dtype: Optional[torch.dtype] = None  # None: fp32
     clip_mode: str = "none"  # none | norm | value | agc
     clip_value: float = 1.0
+    gradient_scale: float = 1.0  # the gradient is this times PGT's: α under pgt.form temperature (clip_gradients)
 
 
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):
@@ -50,6 +51,20 @@ def clip_parameters(model: torch.nn.Module, mode: str) -> list[torch.nn.Paramete
         head_ids = {id(p) for p in head.parameters()} if isinstance(head, torch.nn.Module) else set()
         params = [p for p in params if id(p) not in head_ids]
     return params
+
+
+def clip_gradients(params: list, *, mode: str, value: float, gradient_scale: float = 1.0) -> None:
+    """timm's dispatch_clip_grad, except norm clipping of a gradient that is `gradient_scale` times PGT's (the
+    temperature twin, whose threshold `value` is α times PGT's too): torch multiplies by M / (‖g‖ + 1e-6), and
+    that 1e-6 does not scale with the gradient. So the gradient is divided by the scale, clipped at PGT's
+    threshold and multiplied back: α times PGT's clipped gradient, to round-off (docs/fidelity.md)."""
+    if mode != "norm" or gradient_scale == 1.0:
+        dispatch_clip_grad(params, value, mode=mode)
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    torch._foreach_mul_(grads, 1.0 / gradient_scale)
+    torch.nn.utils.clip_grad_norm_(params, value / gradient_scale)
+    torch._foreach_mul_(grads, gradient_scale)
 
 
 class EpochTotals:
@@ -160,7 +175,8 @@ def train_step(model: torch.nn.Module, batches: Iterator, *, loss_fn: Callable, 
         _accumulate(totals, nonfinite_streak, loss, logits, targets)
     if settings.clip_mode != "none":
         scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
-        dispatch_clip_grad(clip_params, settings.clip_value, mode=settings.clip_mode)
+        clip_gradients(clip_params, mode=settings.clip_mode, value=settings.clip_value,
+                       gradient_scale=settings.gradient_scale)
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)

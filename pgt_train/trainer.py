@@ -89,7 +89,8 @@ def build_setup(cfg: Config, world: DistInfo, *, init_weights: Optional[dict] = 
     # every sched.* key is a build_scheduler argument of the same name: a new key cannot be left unwired
     scheduler = optim.build_scheduler(optimizer, **dataclasses.asdict(cfg.sched), steps_per_epoch=steps_per_epoch)
     settings = engine.StepSettings(accum_steps=cfg.data.accum_steps, amp_dtype=amp_dtype, clip_mode=cfg.clip.mode,
-                                   clip_value=cfg.clip.value)
+                                   clip_value=cfg.clip.value,
+                                   gradient_scale=cfg.pgt.alpha if cfg.pgt.form == "temperature" else 1.0)
     return TrainingSetup(
         model=model, plain_model=plain_model, train_loader=train_loader, val_loader=val_loader,
         optimizer=optimizer, scheduler=scheduler,

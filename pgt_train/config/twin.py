@@ -5,7 +5,8 @@ parameter gradient (backprop is linear in the logits' gradient). torch's SGD add
 then momentum or Nesterov, then multiplies by the LR: all linear, so with weight_decay·α the twin's direction and
 momentum buffer are α times PGT's, and LR / α makes every step equal. The schedule is linear in the LRs it holds
 (warmup from warmup_lr, the cosine down to min_lr, the step schedule's gamma factors), so each of them is scaled.
-Clipping sees the gradient before weight decay, α times PGT's, so its threshold is scaled by α too.
+Clipping sees the gradient before weight decay, α times PGT's, so its threshold is scaled by α too (norm clipping,
+whose 1e-6 does not scale, clips the gradient divided by α: engine.clip_gradients).
 
 derive() works on the validated config as a dict tree (config.load calls it) and is idempotent: the PGT-side values are kept in pgt.twin_of, and a
 tree that already holds them (a run folder's config.yaml read back as a recipe, or by a resume) is checked, not
@@ -40,10 +41,6 @@ def check_exact(tree: dict) -> None:
     """ConfigError where the twin's steps would not be PGT's (the trainer's other settings are linear in the
     gradient or do not touch it: docs/fidelity.md lists them)."""
     clip = tree["clip"]
-    if clip["mode"] == "norm":
-        raise ConfigError("clip.mode: norm has no exact twin under pgt.form temperature: torch's clip_grad_norm_ "
-                          "divides by (norm + 1e-6), and that 1e-6 does not scale with the gradient; use clip.mode "
-                          "value or agc, or pgt.form backward")
     if clip["mode"] == "agc" and clip["value"] < AGC_MIN_TWIN_FACTOR:
         raise ConfigError(f"clip.value: AGC's factor × pgt.alpha is {clip['value']:.3g} in the twin, below "
                           f"{AGC_MIN_TWIN_FACTOR:g}, where timm's 1e-6 floor on the gradient norm could act in one "
