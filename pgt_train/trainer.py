@@ -118,15 +118,6 @@ def state_is_finite(model: torch.nn.Module, optimizer: torch.optim.Optimizer) ->
     return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
-def loader_workers(loader: data.Loader) -> int:
-    """Worker processes that feed `loader` (0: the trainer's own process loads); the loaders that wrap a
-    TorchLoader or a DataLoader report theirs through it."""
-    inner = loader
-    while not hasattr(inner, "num_workers") and hasattr(inner, "loader"):
-        inner = inner.loader
-    return int(getattr(inner, "num_workers", 0))
-
-
 def data_wait_hint(metrics: dict, workers: int) -> Optional[str]:
     """One line when the epoch spent more than DATA_WAIT_HINT_PCT of its training time waiting for data."""
     if metrics["data_wait_pct"] <= DATA_WAIT_HINT_PCT:
@@ -257,7 +248,7 @@ class Trainer:
         self.writer.epoch(metrics)
         self.log(writers.epoch_line(metrics, self.cfg.sched.epochs))
         self.epochs_trained += 1
-        hint = data_wait_hint(metrics, loader_workers(setup.train_loader)) if self.epochs_trained == 1 else None
+        hint = data_wait_hint(metrics, setup.train_loader.workers) if self.epochs_trained == 1 else None
         if hint:
             self.log(hint)
         self.last_metrics, self.totals = metrics, engine.EpochTotals(device, world_size=self.world.world_size)

@@ -243,3 +243,15 @@ def test_bench_loader_prints_every_figure_in_one_run(capsys):
     assert 0.05 < ratio < 2
     mean, peak = map(float, re.search(r"mean \|diff\| ([\d.]+), max (\d+) grey levels", out).groups())
     assert mean <= MAX_MEAN_LEVELS and peak <= MAX_LEVELS
+
+
+@pytest.mark.parametrize("loader, workers", [("synthetic", 0), ("torchvision", 2), ("nvjpeg", 1)])
+def test_every_loader_says_how_many_workers_feed_it(jpeg_folder, loader, workers):
+    """Loader.workers (the data-wait hint's per-worker rate divides by it), without starting a worker."""
+    from pgt_train.config import DataConfig
+    from pgt_train.data import Loader, build_loaders
+    from pgt_train.dist import DistInfo
+    cfg = DataConfig(root=str(jpeg_folder), loader=loader, batch_size=3, workers=workers, img_size=24, train_size=8,
+                     val_size=4)
+    train, val = build_loaders(cfg, num_classes=3, seed=0, dist=DistInfo(), channels_last=False)
+    assert isinstance(train, Loader) and train.workers == val.workers == workers

@@ -56,6 +56,13 @@ def class_of_colour(images):
     return (images * std + mean).mean((2, 3)).argmax(1)
 
 
+def test_the_loader_reports_dalis_threads_as_its_workers(folder):
+    from pgt_train.data import Loader
+    data = DataConfig(root=str(folder), loader="dali", batch_size=4, workers=2, img_size=32, dali_device="cpu")
+    train, val = build_loaders(data, num_classes=len(CLASSES), seed=0, dist=DistInfo(), channels_last=False)
+    assert isinstance(train, Loader) and train.workers == val.workers == 2
+
+
 def test_train_batches_and_imagefolder_labels(folder):
     from torchvision.datasets import ImageFolder
     idx = ImageFolder(str(folder / "train")).class_to_idx

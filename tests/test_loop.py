@@ -17,7 +17,7 @@ class SlowLoader:
     """A real loader whose every batch takes `delay` s more to arrive: an artificially loader-bound run."""
 
     def __init__(self, loader, delay: float):
-        self.loader, self.delay = loader, delay
+        self.loader, self.delay, self.workers = loader, delay, loader.workers
 
     def __iter__(self):
         for batch in self.loader:

@@ -14,6 +14,8 @@ class Loader(Protocol):
     """Iterable of (images, targets) already on the device: images (B, 3, H, W) float, normalised, in the
     model's memory format; targets (B,) int64, where -1 marks validation padding that metrics ignore."""
 
+    workers: int  # CPU workers (processes, or DALI's threads) that prepare its batches; 0: the training process
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
     def __len__(self) -> int:

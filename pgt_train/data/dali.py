@@ -135,6 +135,7 @@ class DaliLoader:
         self.shard_size = end - start  # real samples in this rank's shard; past it, padding
         self.shard_start, self.files = start, files  # the reader's file list: to name a file it cannot decode
         self.pipe, self.train, self.batch_size = pipe, train, batch_size
+        self.workers = pipe.num_threads  # data.workers: DALI's CPU threads
         self.batches = self.reader_batches if batches is None else batches
         self.device, self.channels_last = device, channels_last
         self.position, self.skip = 0, 0  # batches read so far; batches to drop at the start of the next pass

@@ -111,7 +111,7 @@ class TorchLoader:
     def __init__(self, dataset: Dataset, *, batch_size: int, train: bool, rank: int, world_size: int, seed: int,
                  workers: int, device: torch.device, channels_last: bool, skip_corrupt: bool = True,
                  dtype: torch.dtype = torch.float32):
-        self.train, self.skip_corrupt, self.corrupt_seen = train, skip_corrupt, 0
+        self.train, self.skip_corrupt, self.corrupt_seen, self.workers = train, skip_corrupt, 0, workers
         if hasattr(dataset, "replace_unreadable"):  # training batches keep their size (see SeededImageFolder)
             dataset.replace_unreadable = train and skip_corrupt
         self.batch_size = batch_size
