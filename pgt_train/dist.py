@@ -133,6 +133,11 @@ class Heartbeat:
             except Exception:  # store gone: the main thread's next collective fails and says so
                 return
 
+    def failed_ranks(self) -> list[int]:
+        """Other ranks that ended with a failing exit code of their own: each printed its own line."""
+        others = [r for r in range(self.world_size) if r != self.rank]
+        return [r for r in others if self.store.check([f"exit/{r}"]) and self.store.get(f"exit/{r}") != b"0"]
+
     def silent_ranks(self) -> list[int]:
         """Ranks whose count did not move over three beats and that did not record an exit."""
         others = [r for r in range(self.world_size) if r != self.rank]
@@ -150,14 +155,17 @@ def is_collective_failure(error: BaseException) -> bool:
 
 
 def lost_rank_line(error: BaseException) -> Optional[str]:
-    """After a failed collective: one line naming the silent rank(s), "" if another rank is silent but a lower
-    surviving rank says so (one line per job), None if every rank is alive (the error is this rank's own)."""
+    """After a failed collective: one line naming the silent rank(s); "" (say nothing) if another rank is silent
+    but a lower surviving rank says so, or if another rank ended with its own line (one line per job: a bad input
+    or a lost run lock on rank 0, say); None if every rank is alive (the error is this rank's own)."""
     beat = Heartbeat.current
     if beat is None or not is_collective_failure(error):  # a bug here: no need to wait on the heartbeats
         return None
     Heartbeat.current = None  # this rank ends now; it says nothing more through the store
     beat.done.set()
     try:
+        if beat.failed_ranks():
+            return ""
         silent = beat.silent_ranks()
         who = {r: beat.store.get(f"who/{r}").decode() for r in silent}
     except Exception:  # the store went with the first node's agent

@@ -173,6 +173,37 @@ def test_a_signal_to_one_rank_stops_every_rank_and_rank_0_names_it(tmp_path):
     assert "SIGTERM: saved" in stopped.stdout and "none: saved" not in stopped.stdout, stopped.stdout
 
 
+@pytest.mark.slow
+def test_a_lock_taken_over_under_ddp_ends_the_job_with_rank_0s_one_line(tmp_path):
+    """Another writer takes the run folder (its lock file replaced by one that writer holds): rank 0 stops with its
+    one line and exit 2; rank 1, whose next collective fails, adds nothing (before: a second line quoting gloo's
+    'Connection closed by peer'); the job ends within seconds."""
+    run_dir = tmp_path / "run"
+    # a short timeout makes the heartbeat's wait (3 beats) shorter than torchrun's grace before it kills rank 1
+    proc = start_pgt_torchrun(2, train_args(run_dir, "data.train_size=480", "run.checkpoint_every=1",
+                                            "run.log_interval=2", "run.dist_timeout_s=10", "sched.epochs=3"))
+    holder = None
+    try:
+        wait_for(run_dir / "last.pth", proc)
+        taken = run_dir / "taken"
+        holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'w'); "
+                                   "fcntl.lockf(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)",
+                                   str(taken)], stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "locked"
+        os.replace(taken, run_dir / ".pgt-train.lock")
+        t0 = time.monotonic()
+        result = finish(proc, timeout=120)
+        took = time.monotonic() - t0
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert len(lines) == 1 and f"PID {holder.pid} now writes there" in lines[0], result.stderr
+    assert took < 30, f"the job took {took:.1f} s to end"
+
+
 def rank_pids(launcher: subprocess.Popen) -> dict[int, int]:
     """{RANK: pid} of the launcher's ranks, read from each process's environment."""
     pids = {}
@@ -227,3 +258,26 @@ def test_a_frozen_rank_ends_the_job_within_the_timeout_with_one_line_naming_it(t
     assert f"pid {stopped_pid}) of 2 went silent" in lines[0] and f"run.dist_timeout_s={timeout_s}" in lines[0]
     assert took < timeout_s + 15, f"the job took {took:.1f} s to end after the freeze"
     assert not Path(f"/proc/{stopped_pid}").exists() or "zombie" in Path(f"/proc/{stopped_pid}/status").read_text()
+
+
+def test_a_rank_that_ended_with_its_own_line_is_not_blamed_again():
+    """lost_rank_line on rank 1 after a failed collective, with a real TCPStore: rank 0 recorded a failing exit (it
+    printed its own line, e.g. a lost run lock), so rank 1 says nothing (""), at once; had rank 0 finished cleanly
+    (exit 0) the failure is rank 1's own (None, its error is printed); a rank that just stops beating is named."""
+    from datetime import timedelta
+
+    from pgt_train import dist
+    store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
+                                       timeout=timedelta(seconds=5))
+    failure = RuntimeError("[gloo/transport/tcp/pair.cc] Connection closed by peer")
+    for code, expected in (("2", ""), ("0", None)):
+        prefix = torch.distributed.PrefixStore(f"case{code}/", store)
+        prefix.set("exit/0", code)
+        dist.Heartbeat.current = dist.Heartbeat(prefix, rank=1, world_size=2, interval=0.05, timeout_s=1.0)
+        started = time.monotonic()
+        assert dist.lost_rank_line(failure) == expected
+        assert expected is None or time.monotonic() - started < 0.1  # no wait on the heartbeats
+    prefix = torch.distributed.PrefixStore("silent/", store)
+    prefix.set("who/0", "host h, pid 7")
+    dist.Heartbeat.current = dist.Heartbeat(prefix, rank=1, world_size=2, interval=0.05, timeout_s=1.0)
+    assert dist.lost_rank_line(failure).startswith("rank 0 (host h, pid 7) of 2 went silent")
