@@ -107,3 +107,39 @@ def test_a_consumer_that_keeps_raw_batches_gets_new_blocks_not_overwritten_ones(
 def epoch_raw(loader, number: int) -> list:
     loader.set_epoch(number)
     return list(loader.loader)
+
+
+class Keys(torch.utils.data.Sampler):
+    """(index, epoch) keys, as the loaders' samplers give them."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __iter__(self):
+        return iter((i, 0) for i in range(self.n))
+
+    def __len__(self):
+        return self.n
+
+
+@pytest.mark.slow
+def test_workers_started_by_spawn_share_the_pools_counters():
+    """Python 3.14 starts workers by forkserver on Linux: the pool reaches them pickled (its counters as shared
+    memory, its lock made anew), and blocks are still reused and released."""
+    import functools
+
+    from torch.utils.data import DataLoader
+
+    from pgt_train.data.synthetic import SyntheticImages
+    from pgt_train.data.torch_loader import collate_skipping_corrupt
+    images = SyntheticImages(48, num_classes=4, img_size=16, seed=0)
+    reference = [b[0] for b in DataLoader(images, batch_size=8, sampler=Keys(48), collate_fn=collate_skipping_corrupt)]
+    pool = batch_pool.BatchPool(workers=2, slots=3)
+    loader = DataLoader(images, batch_size=8, sampler=Keys(48), num_workers=2, multiprocessing_context="spawn",
+                        collate_fn=functools.partial(collate_skipping_corrupt, pool=pool), persistent_workers=True)
+    for _ in range(3):
+        pool.next_iteration()
+        for (batch, _, _, lease), expected in zip(loader, reference, strict=True):
+            assert lease is not None and torch.equal(batch, expected)
+            pool.release(lease)
+    assert int(pool.fresh.sum()) == 0 and int(pool.holder.sum()) == 0
