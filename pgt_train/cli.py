@@ -167,6 +167,10 @@ def preflight(args: argparse.Namespace, cfg: config.Config) -> tuple[Path | None
     check_setup(cfg)
     data.check_folders(cfg.data, num_classes=cfg.model.num_classes)  # before a model of num_classes is built
     data.check_decoder(cfg.data)
+    shm_warning = data.check_shared_memory(cfg.data, world_size=int(os.environ.get("WORLD_SIZE", "1")),
+                                           local_ranks=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    if shm_warning and is_rank_zero():
+        print(shm_warning, file=sys.stderr)
     if resume_path is None:
         return None, None
     state = checkpoint.load(resume_path)

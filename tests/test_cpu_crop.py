@@ -255,3 +255,47 @@ def test_every_loader_says_how_many_workers_feed_it(jpeg_folder, loader, workers
                      val_size=4)
     train, val = build_loaders(cfg, num_classes=3, seed=0, dist=DistInfo(), channels_last=False)
     assert isinstance(train, Loader) and train.workers == val.workers == workers
+
+
+def shm_config(free: int, *, batches_per_worker: float, workers: int = 4, ranks: int = 1, img_size: int = 64):
+    """A synthetic-loader DataConfig for `ranks` ranks on this machine, whose batches leave room in /dev/shm's free
+    space for `batches_per_worker` per worker."""
+    from pgt_train.config import DataConfig
+    per_rank = max(1, int(free / (batches_per_worker * workers * ranks * 3 * img_size ** 2)))
+    return DataConfig(loader="synthetic", batch_size=per_rank * ranks, workers=workers, img_size=img_size)
+
+
+def test_shared_memory_too_small_for_one_batch_per_worker_is_refused_and_short_of_the_most_is_warned():
+    """Against this machine's real /dev/shm: batches that leave room for less than one per worker are refused with
+    one line naming the fix; room for 1-8 per worker is a warning; room for more, nothing."""
+    import shutil
+
+    from pgt_train.data import SHM_DIR, check_shared_memory
+    from pgt_train.errors import UserError
+    free = shutil.disk_usage(SHM_DIR).free
+    with pytest.raises(UserError, match=r"data\.workers: 4 loader workers .* not one batch per worker; give the "
+                                        r"container --ipc=host"):
+        check_shared_memory(shm_config(free, batches_per_worker=0.5), world_size=1, local_ranks=1)
+    warning = check_shared_memory(shm_config(free, batches_per_worker=4), world_size=1, local_ranks=1)
+    assert warning.startswith("warning: data.workers:") and "up to 8 batches per worker" in warning
+    assert check_shared_memory(shm_config(free, batches_per_worker=20), world_size=1, local_ranks=1) is None
+    # the ranks of this machine share it: batches that one rank's workers would fit 3.6 times fit 0.9 times for 4
+    four_ranks = shm_config(free, batches_per_worker=0.9, ranks=4)
+    assert check_shared_memory(four_ranks, world_size=4, local_ranks=1) is not None  # as if alone: a warning
+    with pytest.raises(UserError, match="16 loader workers .4 per rank x 4 ranks here"):
+        check_shared_memory(four_ranks, world_size=4, local_ranks=4)
+
+
+def test_a_run_whose_batches_cannot_fit_dev_shm_exits_2_before_writing(tmp_path, capsys):
+    import shutil
+
+    from pgt_train import cli
+    from pgt_train.data import SHM_DIR
+    cfg = shm_config(shutil.disk_usage(SHM_DIR).free, batches_per_worker=0.5)
+    args = ["--config", "/dev/null", "data.loader=synthetic", f"data.batch_size={cfg.batch_size}", "data.workers=4",
+            "data.img_size=64", f"data.train_size={cfg.batch_size}", "data.val_size=8", "model.num_classes=4",
+            f"run.dir={tmp_path / 'run'}"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not one batch per worker" in err[0], err
+    assert not (tmp_path / "run").exists()

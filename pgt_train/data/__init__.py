@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -45,6 +46,32 @@ def resolve_workers(workers, *, cores: int | None = None, local_ranks: int | Non
     cores = available_cores() if cores is None else cores
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if local_ranks is None else local_ranks
     return max(1, cores // max(1, local_ranks) - 1)
+
+
+SHM_DIR = Path("/dev/shm")  # where torch's loader workers put the batches they hand over (Linux)
+
+
+def check_shared_memory(cfg: DataConfig, *, world_size: int, local_ranks: int,
+                        shm_dir: Path = SHM_DIR) -> str | None:
+    """Loader workers hand their uint8 batches over in shared memory. UserError when this machine's ranks cannot
+    hold one batch per worker there (the workers would die of SIGBUS, Docker's 64 MB /dev/shm being the usual
+    cause); a warning line (returned) when there is less than the most a run can hold at once: PREFETCH batches
+    in flight, one in use and the training pool's blocks per worker (torch_loader.py)."""
+    workers = resolve_workers(cfg.workers, local_ranks=local_ranks)
+    if workers == 0 or cfg.loader not in ("torchvision", "synthetic") or not shm_dir.is_dir():
+        return None  # nvjpeg's workers hand over file bytes; DALI's threads share nothing
+    from pgt_train.data.torch_loader import POOL_SLOTS, PREFETCH
+    batch = per_rank_batch(cfg.batch_size, world_size, cfg.accum_steps) * 3 * cfg.img_size ** 2
+    total, most, free = workers * local_ranks, PREFETCH + 1 + POOL_SLOTS, shutil.disk_usage(shm_dir).free
+    if free >= most * batch * total:
+        return None
+    what = (f"{total} loader workers ({workers} per rank x {local_ranks} ranks here) hand over batches of "
+            f"{batch / 2**20:.1f} MiB through {shm_dir}, which has {free / 2**20:.0f} MiB free")
+    advice = "give the container --ipc=host or a larger --shm-size, or lower data.workers or data.batch_size"
+    if free < batch * total:
+        raise UserError(f"data.workers: {what}, not one batch per worker; {advice}")
+    return (f"warning: data.workers: {what}; a run can hold up to {most} batches per worker at once "
+            f"({most * batch * total / 2**30:.1f} GiB), and a worker that finds no room dies of SIGBUS; {advice}")
 
 
 def check_folders(cfg: DataConfig, *, num_classes: int) -> None:
