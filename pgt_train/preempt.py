@@ -8,9 +8,12 @@ all-reduce every `every` steps (run.log_interval: the trainer's one host sync po
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
+import sys
 import threading
+import traceback
 
 import torch
 
@@ -86,6 +89,20 @@ def ignore_in_worker(_worker_id: int = 0) -> None:
     parent = os.getppid()
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # threads started later inherit the mask
     threading.Thread(target=_obey_parent_only, args=(parent,), name="pgt-worker-signals", daemon=True).start()
+    sys.excepthook = functools.partial(_quiet_dropped_handoff, previous=sys.excepthook)
+
+
+def _quiet_dropped_handoff(kind, error, trace, *, previous) -> None:
+    """A worker hands each batch's shared memory to the trainer through multiprocessing's resource sharer,
+    a thread that serves the file descriptor over a socket and reports any error with sys.excepthook. A
+    Ctrl-C that reaches the trainer mid hand-off closes that socket: the batch is not wanted any more, and
+    the trainer says in its own line that it was interrupted. So a connection lost in the sharer is not
+    reported; any other error still is."""
+    in_sharer = any(frame.f_code.co_filename.endswith(os.path.join("multiprocessing", "resource_sharer.py"))
+                    for frame, _ in traceback.walk_tb(trace))
+    if in_sharer and issubclass(kind, (ConnectionError, EOFError)):
+        return
+    previous(kind, error, trace)
 
 
 @contextlib.contextmanager

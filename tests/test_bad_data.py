@@ -331,6 +331,33 @@ def test_signal_to_the_process_group_with_workers(jpeg_folder, tmp_path, signum,
     assert torch.load(run_dir / "last.pth", weights_only=True)["counters"]["steps_done"] >= 1
 
 
+DROPPED_HANDOFF = """
+import multiprocessing.resource_sharer as sharer, socket, sys, time
+from pgt_train.preempt import ignore_in_worker
+if sys.argv[1] == "worker":
+    ignore_in_worker()
+handoff = sharer.DupFd(sys.stdout.fileno())  # what a worker does for each batch's shared memory
+client = socket.socket(socket.AF_UNIX)
+client.connect(handoff._id[0])  # the sharer's socket, where the trainer would connect
+time.sleep(0.3)  # the challenge arrives unread, so the close below resets the connection
+client.close()
+time.sleep(0.5)
+print("served")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("process", ["worker", "plain"])
+def test_a_handoff_the_trainer_drops_is_not_reported_by_a_worker(process):
+    """Ctrl-C can reach the trainer while it fetches a batch's file descriptor from a worker; the worker's
+    resource-sharer thread then loses its connection. In a loader worker that is said by the trainer's own
+    line, not by a second traceback; elsewhere Python still reports it (which shows the drop really happened)."""
+    result = subprocess.run([sys.executable, "-c", DROPPED_HANDOFF, process], cwd=REPO, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and "served" in result.stdout, result.stderr
+    assert ("Traceback" in result.stderr) == (process == "plain"), result.stderr
+
+
 def training_loader(root, workers=0):
     from pgt_train.data.folder import build_datasets
     from pgt_train.data.torch_loader import TorchLoader
