@@ -2,7 +2,6 @@
 (a paper row's setup) and for exact numbers (seed statistics)."""
 import csv
 import statistics
-import sys
 
 import numpy as np
 import pytest
@@ -109,6 +108,7 @@ T1_R18_PGT = "configs/paper/table1/resnet18_cosine_pgt0.25.yaml"  # T1#14
 CODE_READING = "configs/reading/code.yaml"
 
 
+@pytest.mark.usefixtures("tables_only")
 def test_paper_row_beside_a_matching_run(tmp_path, capsys):
     write_run(tmp_path / "runs" / "r50_pgt", recipe=T1_R50_PGT)
     out = tmp_path / "report"
@@ -135,6 +135,7 @@ def test_paper_row_beside_a_matching_run(tmp_path, capsys):
     assert "no run matches a row of the paper's Table 2" in capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("tables_only")
 def test_another_batch_is_not_comparable(tmp_path):
     # Was "T1#4*" with a setup note; a run that differs from every row in a defining setting has no paper row now.
     write_run(tmp_path / "r50_b256", recipe=T1_R50_PGT, overrides=["data.batch_size=256"])
@@ -148,6 +149,7 @@ def test_another_batch_is_not_comparable(tmp_path):
     assert "r50_b256: nearest row T1#4; differs in data.batch_size 256 (row: 1024)" in md
 
 
+@pytest.mark.usefixtures("tables_only")
 def test_ten_class_run_configured_like_a_paper_row_is_not_comparable(tmp_path):
     write_run(tmp_path / "demo_like", recipe=T1_R18, overrides=["model.num_classes=10", "data.img_size=64"],
               val_top1=(60.0, 91.0))
@@ -159,6 +161,7 @@ def test_ten_class_run_configured_like_a_paper_row_is_not_comparable(tmp_path):
     assert "+20.79" not in md and "ImageNet-1K, 100 epochs, batch 1024" not in md
 
 
+@pytest.mark.usefixtures("tables_only")
 def test_table2_rows_from_their_recipes(tmp_path):
     # Was matched by clip mode and α alone; now a run stands beside a row only with the row recipe's settings.
     write_run(tmp_path / "agc_pgt", recipe="configs/paper/table2/resnet18_nobn_b256_agc_pgt0.25.yaml")
@@ -173,6 +176,7 @@ def test_table2_rows_from_their_recipes(tmp_path):
         "T2#10", "clip.value 0.01 (row: 0.08)")
 
 
+@pytest.mark.usefixtures("tables_only")
 def test_reading_and_impl_columns(tmp_path):
     write_run(tmp_path / "code_base", recipe=T1_R18, overlays=[CODE_READING])
     write_run(tmp_path / "code_pgt", recipe=T1_R18_PGT, overlays=[CODE_READING], val_top1=(38.0, 57.0))
@@ -188,6 +192,7 @@ def test_reading_and_impl_columns(tmp_path):
     assert line.startswith("| code_pgt | code | resnet18 | cosine | 0.25 | authors | 0.1 |")
 
 
+@pytest.mark.usefixtures("tables_only")
 def test_baseline_is_paired_on_the_learning_rate_too(tmp_path):
     write_run(tmp_path / "pgt_lr0.025", overrides=["pgt.alpha=0.3", "optim.lr=0.025"], val_top1=(30.0, 52.0))
     write_run(tmp_path / "base_lr0.1", overrides=["optim.lr=0.1"], val_top1=(30.0, 40.0))
@@ -198,6 +203,7 @@ def test_baseline_is_paired_on_the_learning_rate_too(tmp_path):
     assert "| +2.00 (single run) |" in (tmp_path / "r" / "report.md").read_text()
 
 
+@pytest.mark.usefixtures("tables_only")
 def test_delta_carries_the_standard_error_of_the_difference(tmp_path):
     for name, alpha, finals in (("base", "null", (50.0, 52.0)), ("pgt", "0.3", (55.0, 58.0))):
         for seed, val in enumerate(finals):
@@ -210,6 +216,7 @@ def test_delta_carries_the_standard_error_of_the_difference(tmp_path):
     assert f"| +5.50 ± {se:.2f} |" in (tmp_path / "r" / "report.md").read_text()
 
 
+@pytest.mark.usefixtures("tables_only")
 def test_same_seed_twice_is_one_seed(tmp_path):
     write_run(tmp_path / "first", overrides=["pgt.alpha=0.3"], val_top1=(30.0, 50.0))
     write_run(tmp_path / "again", overrides=["pgt.alpha=0.3"], val_top1=(30.0, 50.5))
@@ -222,10 +229,7 @@ def test_same_seed_twice_is_one_seed(tmp_path):
     assert f"{tmp_path / 'first'} repeats seed 0 of {tmp_path / 'again'} with the same settings; counted once" in md
 
 
-def test_tables_without_matplotlib_say_what_to_install(tmp_path, monkeypatch, capsys):
-    for name in ("matplotlib", "matplotlib.figure", "matplotlib.ticker"):
-        monkeypatch.setitem(sys.modules, name, None)  # import raises ModuleNotFoundError, as when not installed
-    monkeypatch.delitem(sys.modules, "pgt_train.report.figures", raising=False)
+def test_tables_without_matplotlib_say_what_to_install(tmp_path, tables_only, capsys):
     write_run(tmp_path / "run")
     assert main([str(tmp_path / "run"), "--out", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "report.csv").is_file() and not list((tmp_path / "r").glob("*.png"))
@@ -245,6 +249,7 @@ def test_zeroed_counts_have_integer_ticks(tmp_path):
             assert len(ticks) > 1 and all(float(t).is_integer() for t in ticks), ticks
 
 
+@pytest.mark.usefixtures("tables_only")
 def test_seeds_form_one_group(tmp_path):
     finals = {0: 50.0, 1: 53.0, 2: 58.5}
     for seed, val in finals.items():
@@ -290,6 +295,7 @@ def test_bad_run_folders_exit_2(tmp_path, capsys, breakage, message):
     assert message in err and err.count("\n") == 1
 
 
+@pytest.mark.usefixtures("tables_only")
 def test_unfinished_run_below_a_parent_is_skipped(tmp_path, capsys):
     write_run(tmp_path / "table" / "done")
     started = write_run(tmp_path / "table" / "started")
@@ -297,3 +303,15 @@ def test_unfinished_run_below_a_parent_is_skipped(tmp_path, capsys):
     assert main([str(tmp_path / "table"), "--out", str(tmp_path / "r")]) == 0
     assert "skipped" in capsys.readouterr().err
     assert [r["group"] for r in read_csv(tmp_path / "r" / "report.csv")] == ["done"]
+
+
+def test_paper_rows_are_read_again_after_a_recipe_changes(tmp_path):
+    """The rows are cached per process; an edited recipe (or another configs folder) is read afresh."""
+    import shutil
+    from pgt_train.report.paper import load_paper_rows
+    configs = shutil.copytree(REPO / "configs", tmp_path / "configs")
+    before = {r.id: r.readings["paper"]["optim.lr"] for r in load_paper_rows(configs, table=1)}
+    recipe = configs / "paper" / "table1" / "seresnet50_cosine.yaml"
+    recipe.write_text(recipe.read_text() + "optim:\n  lr: 0.123\n")
+    after = {r.id: r.readings["paper"]["optim.lr"] for r in load_paper_rows(configs, table=1)}
+    assert after["T1#1"] == 0.123 != before["T1#1"] and after["T1#3"] == before["T1#3"]

@@ -4,7 +4,6 @@ validated on no image is no result. Run folders are real: summary.csv written by
 doubled or cut as two appending writers or a killed one left it before runs were locked and rows written whole), or
 trained by pgt-train itself."""
 import csv
-import sys
 
 import pytest
 import yaml
@@ -17,12 +16,7 @@ from tests.helpers import REPO, finish, start_cli, tiny_run_args
 T1_R18 = "configs/paper/table1/resnet18_cosine.yaml"  # T1#13, 100 epochs
 
 
-@pytest.fixture(autouse=True)
-def tables_only(monkeypatch):
-    """These tests read tables: no figures (matplotlib blocked as when it is not installed), a second less each."""
-    for name in ("matplotlib", "matplotlib.figure", "matplotlib.ticker"):
-        monkeypatch.setitem(sys.modules, name, None)
-    monkeypatch.delitem(sys.modules, "pgt_train.report.figures", raising=False)
+pytestmark = pytest.mark.usefixtures("tables_only")  # these tests read tables only
 
 
 def write_config(folder, *, recipe=None, overrides=()):

@@ -33,9 +33,16 @@ class Key(NamedTuple):
     defining: bool  # its own flag and every enclosing section's
 
 
+@functools.lru_cache(maxsize=None)
+def type_hints(cls: type) -> dict:
+    """A config dataclass's field annotations, resolved (they are strings under `from __future__ import annotations`);
+    cached, as resolving them costs more than validating a whole recipe."""
+    return typing.get_type_hints(cls)
+
+
 def keys(cls: type, prefix: str = "", defining: bool = True) -> Iterator[Key]:
     """Every leaf key of a dataclass tree, in declaration order."""
-    hints = typing.get_type_hints(cls)
+    hints = type_hints(cls)
     for f in dataclasses.fields(cls):
         name, tp = prefix + f.name, hints[f.name]
         flag = defining and f.metadata.get("defining", True)

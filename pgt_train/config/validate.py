@@ -11,7 +11,7 @@ import reprlib
 import typing
 
 from pgt_train.config.errors import ConfigError
-from pgt_train.config.fields import in_range, union_args
+from pgt_train.config.fields import in_range, type_hints, union_args
 from pgt_train.config.schema import CHOICES, RANGES, Config, SchedConfig
 
 
@@ -72,7 +72,7 @@ def build(cls, data: dict, prefix: str = ""):
     """The dataclass `cls` from a nested dict; an unknown key names the nearest valid one."""
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {data!r}")
-    hints = typing.get_type_hints(cls)
+    hints = type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():

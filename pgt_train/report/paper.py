@@ -2,6 +2,7 @@
 configs/paper/index.yaml links to each row, under each reading (configs/reading/); and which row a group equals."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,8 +58,22 @@ def alpha_disputes(paper: dict) -> dict:
 
 
 def load_paper_rows(configs: Path | None, *, table: int | None) -> list[PaperRow]:
+    """Every row of the asked table (all three when None), its recipe read under each reading."""
     if configs is None:
         return []
+    return list(_paper_rows(configs.resolve(), table, _yaml_stamp(configs.resolve())))
+
+
+def _yaml_stamp(configs: Path) -> tuple:
+    """(path, mtime, size) of every YAML file the rows are read from: an edited recipe is read again."""
+    files = sorted([PAPER_RESULTS, *configs.rglob("*.yaml")])
+    return tuple((str(p), st.st_mtime_ns, st.st_size) for p in files for st in [p.stat()])
+
+
+@functools.lru_cache(maxsize=4)
+def _paper_rows(configs: Path, table: int | None, stamp: tuple) -> tuple[PaperRow, ...]:
+    # Reading ~60 recipes with their bases, twice over, costs seconds in pure-Python YAML; a process that
+    # reports more than once (tests, a notebook) reads them once. `stamp` is only the cache key.
     paper = yaml.safe_load(PAPER_RESULTS.read_text())
     disputed = alpha_disputes(paper)
     index = yaml.safe_load((configs / "paper" / "index.yaml").read_text())
@@ -72,7 +87,7 @@ def load_paper_rows(configs: Path | None, *, table: int | None) -> list[PaperRow
                         for name, path in overlays.items()}
             row_id = f"T{n}#{entry['row']}"
             rows.append(PaperRow(row_id, n, numbers[entry["row"]], readings, disputed.get(row_id, "")))
-    return rows
+    return tuple(rows)
 
 
 def match_row(group: Group, rows: list[PaperRow]) -> RowMatch | None:
